@@ -1,0 +1,8 @@
+"""Fused ops of hnas_fast: each with a plain-PyTorch reference and C++ / CUDA / Triton kernels."""
+
+from hnas_fast.kernels._ext import build_info, extension_available
+from hnas_fast.kernels.backend import BACKENDS, resolve_backend
+from hnas_fast.kernels.mixed_sum import mixed_sum, mixed_sum_reference
+
+__all__ = ["BACKENDS", "build_info", "extension_available", "mixed_sum", "mixed_sum_reference",
+           "resolve_backend"]
