@@ -1,0 +1,68 @@
+"""Supernet forward+backward step: the plain-PyTorch reference path vs hnas_fast's fused path, in normal
+and memory-saving modes (DARTS space, C=16, 10 classes, 32×32 inputs).
+
+Memory is the bytes autograd saves for backward (activations; parameters excluded), measured with
+``hnas_fast.analysis.memory.SavedTensorMeter``; on CUDA also the allocator's peak.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmarks.conftest import interleaved
+from hnas_fast.analysis.memory import saved_tensor_bytes
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+MODES = {"reference": dict(mixed_backend="reference", memory_saving=False),
+         "fused": dict(mixed_backend=None, memory_saving=False),
+         "memory_saving": dict(mixed_backend=None, memory_saving=True)}
+
+
+def _net(cells: int, mode: str):
+    from hnas_fast.nn.supernet import build_supernet
+
+    torch.manual_seed(0)
+    return build_supernet("darts", cells=cells, channels=16, num_classes=10, **MODES[mode]).to(DEVICE).train()
+
+
+def _step(net, x, y):
+    def run():
+        net.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), y).backward()
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+
+    return run
+
+
+@pytest.mark.parametrize("batch", [16, 64])
+@pytest.mark.parametrize("cells", [8, 14])
+@pytest.mark.parametrize("mode", ["fused", "memory_saving"])
+def test_supernet_step(benchmark, mode, cells, batch):
+    ref_net, net = _net(cells, "reference"), _net(cells, mode)
+    net.load_state_dict(ref_net.state_dict())
+    x = torch.randn(batch, 3, 32, 32, device=DEVICE)
+    y = torch.randint(0, 10, (batch,), device=DEVICE)
+
+    def saved(model):
+        return saved_tensor_bytes(lambda: model(x), exclude=list(model.parameters()))
+
+    bytes_ref, bytes_mode = saved(ref_net), saved(net)
+    timing = interleaved(_step(net, x, y), _step(ref_net, x, y), rounds=3, device=DEVICE)
+    info = {
+        "saved_MiB_reference": round(bytes_ref / 2**20, 1),
+        f"saved_MiB_{mode}": round(bytes_mode / 2**20, 1),
+        "memory_fraction_of_reference": round(bytes_mode / bytes_ref, 4),
+        "step_ms_reference": round(timing["reference_ms"]),
+        f"step_ms_{mode}": round(timing["fused_ms"]),
+        "time_ratio_vs_reference": round(1 / timing["speedup_median_pair"], 3),
+    }
+    if DEVICE == "cuda":
+        for name, model in (("reference", ref_net), (mode, net)):
+            torch.cuda.reset_peak_memory_stats()
+            _step(model, x, y)()
+            info[f"cuda_peak_MiB_{name}"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    benchmark.extra_info.update(info)
+    benchmark.pedantic(_step(net, x, y), rounds=1, warmup_rounds=0)

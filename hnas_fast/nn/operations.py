@@ -1,0 +1,250 @@
+"""The DARTS candidate operations and the registry that names them.
+
+Every operation maps ``[N, C, H, W]`` to ``[N, C, H', W']`` with ``H' = H`` at stride 1 and
+``H' = ceil(H / 2)`` at stride 2 (odd sizes included). The modules follow DARTS's ``operations.py`` so
+that parameter counts and state-dict layouts match the public code.
+
+A factory is ``(C, stride, affine) -> nn.Module``. In the *search* network DARTS follows every pooling
+candidate with ``BatchNorm2d(C, affine=False)`` (done in its ``MixedOp``); here that is the
+``search=True`` flag of :func:`build_op`, so the final network gets the plain pools.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+OpFactory = Callable[[int, int, bool], nn.Module]
+
+__all__ = [
+    "OPS",
+    "DilConv",
+    "FactorizedReduce",
+    "Identity",
+    "OpFactory",
+    "ReLUConvBN",
+    "SepConv",
+    "UnknownOpError",
+    "Zero",
+    "build_op",
+    "get_op",
+    "needs_search_bn",
+    "register_op",
+    "unregister_op",
+]
+
+
+class Zero(nn.Module):
+    """The ``none`` operation: zeros, subsampled at stride 2.
+
+    ``is_zero`` lets :class:`~hnas_fast.nn.mixed_op.MixedOp` skip it: its output is exactly zero.
+    """
+
+    is_zero = True
+
+    def __init__(self, stride: int = 1) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            return x.mul(0.0)
+        return x[:, :, :: self.stride, :: self.stride].mul(0.0)
+
+
+class Identity(nn.Identity):
+    """``skip_connect`` at stride 1; its own class so drop path can recognise it."""
+
+
+class ReLUConvBN(nn.Module):
+    """ReLU → k×k convolution → BatchNorm (DARTS's input preprocessing and conv op)."""
+
+    def __init__(
+        self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int, affine: bool = True
+    ) -> None:
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class DilConv(nn.Module):
+    """ReLU → depthwise k×k (dilated) → pointwise 1×1 → BatchNorm."""
+
+    def __init__(
+        self,
+        C_in: int,
+        C_out: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        dilation: int,
+        affine: bool = True,
+    ) -> None:
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(
+                C_in, C_in, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                groups=C_in, bias=False,
+            ),
+            nn.Conv2d(C_in, C_out, kernel_size=1, padding=0, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class SepConv(nn.Module):
+    """Twice [ReLU → depthwise k×k → pointwise 1×1 → BatchNorm]; the stride is in the first."""
+
+    def __init__(
+        self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int, affine: bool = True
+    ) -> None:
+        super().__init__()
+        # One flat Sequential (op.0 … op.7) as in DARTS, so the public code's state dicts load as they are.
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, groups=C_in, bias=False),
+            nn.Conv2d(C_in, C_in, kernel_size=1, padding=0, bias=False),
+            nn.BatchNorm2d(C_in, affine=affine),
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_in, kernel_size, stride=1, padding=padding, groups=C_in, bias=False),
+            nn.Conv2d(C_in, C_out, kernel_size=1, padding=0, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class FactorizedReduce(nn.Module):
+    """Halve H×W with two 1×1 stride-2 convolutions on offset grids, concatenated.
+
+    DARTS's version only works for even sizes; for odd sizes the shifted path is padded by one row and
+    column at the bottom/right so both paths give ``ceil(H / 2)`` (even sizes behave exactly as DARTS).
+    """
+
+    def __init__(self, C_in: int, C_out: int, affine: bool = True) -> None:
+        super().__init__()
+        if C_out % 2 != 0:
+            raise ValueError(f"FactorizedReduce needs an even C_out, got {C_out}")
+        self.relu = nn.ReLU(inplace=False)
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
+        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
+        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(x)
+        h, w = x.shape[-2:]
+        shifted = x if (h % 2 == 0 and w % 2 == 0) else F.pad(x, (0, w % 2, 0, h % 2))
+        out = torch.cat([self.conv_1(x), self.conv_2(shifted[:, :, 1:, 1:])], dim=1)
+        return self.bn(out)
+
+
+class UnknownOpError(KeyError, ValueError):
+    """An op name that is not registered; catchable as ``KeyError`` or ``ValueError``."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message and quote it
+        return str(self.args[0]) if self.args else ""
+
+
+def _skip(C: int, stride: int, affine: bool) -> nn.Module:
+    return Identity() if stride == 1 else FactorizedReduce(C, C, affine=affine)
+
+
+OPS: dict[str, OpFactory] = {
+    "none": lambda C, stride, affine: Zero(stride),
+    "max_pool_3x3": lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
+    "avg_pool_3x3": lambda C, stride, affine: nn.AvgPool2d(
+        3, stride=stride, padding=1, count_include_pad=False
+    ),
+    "max_pool_5x5": lambda C, stride, affine: nn.MaxPool2d(5, stride=stride, padding=2),
+    "avg_pool_5x5": lambda C, stride, affine: nn.AvgPool2d(
+        5, stride=stride, padding=2, count_include_pad=False
+    ),
+    "skip_connect": _skip,
+    "sep_conv_3x3": lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine=affine),
+    "sep_conv_5x5": lambda C, stride, affine: SepConv(C, C, 5, stride, 2, affine=affine),
+    "sep_conv_7x7": lambda C, stride, affine: SepConv(C, C, 7, stride, 3, affine=affine),
+    "dil_conv_3x3": lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine=affine),
+    "dil_conv_5x5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine=affine),
+}
+
+# Ops followed by BatchNorm2d(C, affine=False) in the search network. DARTS's rule is "'pool' in the
+# name"; user ops choose with register_op(search_bn=...).
+_SEARCH_BN: set[str] = {name for name in OPS if "pool" in name}
+_BUILTIN: frozenset[str] = frozenset(OPS)
+
+
+def _known() -> str:
+    return ", ".join(sorted(OPS))
+
+
+def register_op(
+    name: str, factory: OpFactory, *, overwrite: bool = False, search_bn: bool | None = None
+) -> None:
+    """Register a user operation under ``name``.
+
+    Args:
+        name: the op's name as it appears in spaces and genotypes.
+        factory: ``(C, stride, affine) -> nn.Module``; stride 1 must keep H×W, stride 2 halve it.
+        overwrite: replace an existing op of that name instead of raising.
+        search_bn: follow the op by ``BatchNorm2d(C, affine=False)`` in the search network;
+            ``None`` applies DARTS's rule (``"pool" in name``).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"op name must be a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"factory for op {name!r} must be callable, got {type(factory).__name__}")
+    if name in OPS and not overwrite:
+        raise ValueError(f"op {name!r} is already registered (pass overwrite=True to replace it)")
+    OPS[name] = factory
+    if search_bn is None:
+        search_bn = "pool" in name
+    if search_bn:
+        _SEARCH_BN.add(name)
+    else:
+        _SEARCH_BN.discard(name)
+
+
+def unregister_op(name: str) -> None:
+    """Remove a user op (built-in DARTS ops cannot be removed)."""
+    if name in _BUILTIN:
+        raise ValueError(f"cannot unregister built-in op {name!r}")
+    get_op(name)
+    del OPS[name]
+    _SEARCH_BN.discard(name)
+
+
+def get_op(name: str) -> OpFactory:
+    """Return the factory registered as ``name``; :class:`UnknownOpError` listing the known names if not."""
+    try:
+        return OPS[name]
+    except (KeyError, TypeError):
+        raise UnknownOpError(f"unknown op {name!r}; known ops: {_known()}") from None
+
+
+def needs_search_bn(name: str) -> bool:
+    """Whether the search network follows op ``name`` with a non-affine BatchNorm."""
+    get_op(name)
+    return name in _SEARCH_BN
+
+
+def build_op(name: str, C: int, stride: int, affine: bool, search: bool = False) -> nn.Module:
+    """Instantiate op ``name`` for ``C`` channels; ``search=True`` adds DARTS's BN after pools."""
+    if stride not in (1, 2):
+        raise ValueError(f"stride must be 1 or 2, got {stride}")
+    op = get_op(name)(C, stride, affine)
+    if search and name in _SEARCH_BN:
+        op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+    return op

@@ -1,0 +1,77 @@
+"""The named search spaces: DARTS (= StacNAS S1), StacNAS S2..S5 and the H-DAS stage-level op set."""
+
+from __future__ import annotations
+
+from hnas_fast.spaces.space import SearchSpace
+
+__all__ = ["DARTS_PRIMITIVES", "SPACES", "get_space"]
+
+# DARTS's PRIMITIVES, in its order (genotypes and alpha columns follow it).
+DARTS_PRIMITIVES: tuple[str, ...] = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
+
+_S1_GROUPS = (
+    ("max_pool_3x3", "avg_pool_3x3"),
+    ("skip_connect",),
+    ("sep_conv_3x3", "sep_conv_5x5"),
+    ("dil_conv_3x3", "dil_conv_5x5"),
+)
+
+# Groups and key operators: StacNAS Appendix A gives S1, S3 and S5. It prints no table for S2 and S4;
+# their groups follow design.md §3, and their key operators (S2: max_pool_3x3, S4: sep_conv_3x3) are our
+# choice by the paper's "3×3 member" pattern, not a published setting.
+SPACES: dict[str, SearchSpace] = {
+    "darts": SearchSpace("darts", DARTS_PRIMITIVES, _S1_GROUPS),
+    "s1": SearchSpace("s1", DARTS_PRIMITIVES, _S1_GROUPS),
+    "s2": SearchSpace(
+        "s2",
+        ("none", "max_pool_3x3", "max_pool_5x5", "avg_pool_3x3", "avg_pool_5x5", "skip_connect",
+         "sep_conv_3x3", "sep_conv_5x5"),
+        (("skip_connect", "max_pool_3x3", "max_pool_5x5", "avg_pool_3x3", "avg_pool_5x5"),
+         ("sep_conv_3x3", "sep_conv_5x5")),
+        ("max_pool_3x3", "sep_conv_3x3"),
+    ),
+    "s3": SearchSpace(
+        "s3",
+        ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "sep_conv_7x7",
+         "dil_conv_3x3", "dil_conv_5x5"),
+        (("max_pool_3x3",), ("skip_connect",), ("sep_conv_3x3", "sep_conv_5x5", "sep_conv_7x7"),
+         ("dil_conv_3x3", "dil_conv_5x5")),
+    ),
+    "s4": SearchSpace(
+        "s4",
+        ("none", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"),
+        (("skip_connect",), ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")),
+        ("skip_connect", "sep_conv_3x3"),
+    ),
+    "s5": SearchSpace(
+        "s5",
+        ("none", "skip_connect", "sep_conv_3x3"),
+        (("skip_connect",), ("sep_conv_3x3",)),
+    ),
+    # H-DAS (Rule 1): the stage-level edges between cells carry only parameter-free ops. The paper does
+    # not group them; each is its own group.
+    "hdas_stage": SearchSpace(
+        "hdas_stage", ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "none")
+    ),
+}
+
+
+def get_space(name: str | SearchSpace) -> SearchSpace:
+    """The preset space called ``name`` (case-insensitive); a :class:`SearchSpace` passes through."""
+    if isinstance(name, SearchSpace):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"space must be a name or a SearchSpace, got {type(name).__name__}")
+    try:
+        return SPACES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown search space {name!r}; known spaces: {', '.join(SPACES)}") from None

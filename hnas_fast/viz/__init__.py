@@ -1,0 +1,5 @@
+"""Diagrams: genotype cells."""
+
+from hnas_fast.viz.cells import cell_figure, plot_cell
+
+__all__ = ["cell_figure", "plot_cell"]
