@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from hnas_fast.kernels import build_info, extension_available, mixed_sum, mixed_sum_reference
+from hnas_fast.kernels import build_info, extension_available, grad_gram, mixed_sum, mixed_sum_reference
 from hnas_fast.nn.mixed_op import MixedOp
 
 __version__ = "0.1.0"
@@ -24,7 +24,7 @@ _LAZY = {
     "SearchSpace": "hnas_fast.spaces",
 }
 
-__all__ = ["MixedOp", "__version__", "build_info", "extension_available", "info", "mixed_sum",
+__all__ = ["MixedOp", "__version__", "build_info", "extension_available", "grad_gram", "info", "mixed_sum",
            "mixed_sum_reference", *_LAZY]
 
 

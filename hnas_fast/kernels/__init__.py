@@ -2,7 +2,8 @@
 
 from hnas_fast.kernels._ext import build_info, extension_available
 from hnas_fast.kernels.backend import BACKENDS, resolve_backend
+from hnas_fast.kernels.grad_gram import grad_gram, grad_gram_reference
 from hnas_fast.kernels.mixed_sum import mixed_sum, mixed_sum_reference
 
-__all__ = ["BACKENDS", "build_info", "extension_available", "mixed_sum", "mixed_sum_reference",
-           "resolve_backend"]
+__all__ = ["BACKENDS", "build_info", "extension_available", "grad_gram", "grad_gram_reference", "mixed_sum",
+           "mixed_sum_reference", "resolve_backend"]
