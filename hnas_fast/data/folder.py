@@ -1,0 +1,57 @@
+"""Image folders in torchvision's ImageFolder layout (``root/<class>/<image>``).
+
+``data_dir`` is either one ImageFolder root (search only), or holds ``train/`` and ``val/`` (or ``test/``)
+ImageFolder roots; final training evaluates on ``val/`` (or ``test/``). Images are resized to a square
+``image_size`` and normalized with ImageNet statistics.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torchvision.transforms as T
+from torchvision.datasets import ImageFolder
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_IMAGE_SIZE = 32
+
+
+def folder_transforms(train: bool, image_size: int = DEFAULT_IMAGE_SIZE, cutout: int = 0) -> T.Compose:
+    """Resize the short side and center-crop to ``image_size``; random crop (pad 4) and flip when training."""
+    from hnas_fast.data.cifar import Cutout
+
+    ops: list = [T.Resize(image_size), T.CenterCrop(image_size)]
+    if train:
+        ops += [T.RandomCrop(image_size, padding=max(1, image_size // 8)), T.RandomHorizontalFlip()]
+    ops += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if train and cutout > 0:
+        ops.append(Cutout(cutout))
+    return T.Compose(ops)
+
+
+def _split_root(data_dir: Path, train: bool) -> Path:
+    if train:
+        return data_dir / "train" if (data_dir / "train").is_dir() else data_dir
+    for name in ("val", "test"):
+        if (data_dir / name).is_dir():
+            return data_dir / name
+    # A single root holds only training images: evaluating on them would report training accuracy.
+    raise FileNotFoundError(f"image folder {data_dir} has neither val/ nor test/ to evaluate on; "
+                            f"lay it out as {data_dir}/train/<class>/... and {data_dir}/val/<class>/...")
+
+
+def load_image_folder(
+    data_dir: str | os.PathLike, train: bool = True, transform: T.Compose | None = None
+) -> ImageFolder:
+    """Open the training (or evaluation) ImageFolder under ``data_dir``; clear errors when absent or empty."""
+    data_dir = Path(data_dir).expanduser()
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"image folder not found: {data_dir}")
+    root = _split_root(data_dir, train)
+    if not any(p.is_dir() for p in root.iterdir()):
+        raise ValueError(f"image folder {root} is empty: expected one sub-folder of images per class")
+    try:
+        return ImageFolder(str(root), transform=transform)
+    except FileNotFoundError as e:  # torchvision's message lacks the root when no class has a valid image
+        raise ValueError(f"image folder {root} holds no readable images: {e}") from e

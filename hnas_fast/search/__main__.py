@@ -1,0 +1,101 @@
+"""``python -m hnas_fast.search``: run an architecture search (default: a quick search on digits).
+
+Settings are layered: ``--preset`` < ``--config FILE`` (JSON/YAML) < flags. A bad setting prints one line on
+stderr and exits with code 2 before anything is written; a NaN/inf loss exits with code 1, leaving the
+last good checkpoint as it was.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from hnas_fast.search.presets import PRESETS, ConfigError, load_config_file, make_config
+
+# flag -> SearchConfig field, for flags whose value goes straight into the config
+_FLAGS = {
+    "strategy": "strategy", "data": "data", "data_dir": "data_dir", "space": "space", "cells": "cells",
+    "channels": "channels", "epochs": "epochs", "batch_size": "batch_size", "split": "split",
+    "image_size": "image_size", "backend": "backend", "ranking": "ranking", "seed": "seed", "out": "out",
+    "max_steps": "max_steps", "checkpoint_every": "checkpoint_every", "workers": "workers",
+    "device": "device", "grad_clip": "grad_clip", "runs_dir": "runs_dir",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    p = argparse.ArgumentParser(prog="python -m hnas_fast.search", description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="default", help=f"one of {', '.join(PRESETS)} (default: default)")
+    p.add_argument("--config", help="JSON or YAML file of settings (applied over the preset)")
+    p.add_argument("--strategy", help="one-level | darts (first order) | darts2 (second order)")
+    p.add_argument("--data", help="digits | cifar10 | cifar100 | folder")
+    p.add_argument("--data-dir", help="local folder with the data (cifar-10-batches-py, ImageFolder, ...)")
+    p.add_argument("--space", help="darts | s1..s5 | NAME/stage1 | NAME/groupI | path.json")
+    p.add_argument("--cells", type=int)
+    p.add_argument("--channels", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--split", type=float, help="fraction of the training set for weights (two-level)")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--memory-saving", action="store_true", default=None,
+                   help="recompute candidates in backward")
+    p.add_argument("--backend", help="auto | cpp | cuda | triton | reference (mixed-edge kernels)")
+    p.add_argument("--ranking", help="weight (DARTS) | logit (StacNAS, H-DAS) edge ranking for the genotype")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--deterministic", action="store_true", default=None)
+    p.add_argument("--device", help="auto | cpu | cuda[:i]")
+    p.add_argument("--workers", type=int, help="data-loader worker processes (0: exact resume)")
+    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (and at each epoch end)")
+    p.add_argument("--out", help="run directory (default runs/<preset>-<timestamp>)")
+    p.add_argument("--runs-dir", help="parent of timestamped run directories (default runs)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after this many steps in all")
+    p.add_argument("--no-plots", action="store_true", help="skip the cell diagrams")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out = {field: getattr(args, flag) for flag, field in _FLAGS.items() if getattr(args, flag) is not None}
+    if args.memory_saving:
+        out["memory_saving"] = True
+    if args.deterministic:
+        out["deterministic"] = True
+    if args.no_plots:
+        out["plots"] = False
+    if args.quiet:
+        out["quiet"] = True
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (0: finished or stopped at --max-steps; 1: non-finite loss;
+    2: bad input)."""
+    from hnas_fast.search.strategy import NonFiniteLossError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        file_layer = load_config_file(args.config) if args.config else {}
+        cfg = make_config(args.preset, file_layer, _overrides(args))
+        from hnas_fast.search.runner import SearchRun
+
+        run = SearchRun(cfg, resume=args.resume)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        result = run.run()
+    except NonFiniteLossError as e:
+        print(f"{parser.prog}: stopped: {e}", file=sys.stderr)
+        return 1
+    state = "finished" if result.finished else f"stopped after step {result.steps} (--max-steps)"
+    print(f"search {state}: run directory {result.run_dir}")
+    print(f"genotype: {result.run_dir / 'genotype.json'} ({result.run_dir / 'genotype.txt'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""``python -m hnas_fast.train``: train and evaluate the final network of a genotype (DARTS's ``train.py``).
+
+SGD (lr 0.025 cosine to 0, momentum 0.9, weight decay 3e-4, gradient-norm clip 5), auxiliary head weighted
+0.4, drop path rising linearly to 0.2, cutout 16: DARTS's CIFAR-10 evaluation setting (design.md §3). The
+run directory holds ``config.json``, ``log.jsonl``, an atomic resumable ``checkpoint.pt`` and, once the last
+epoch ends, ``result.json`` with the final test accuracy. Exit codes: 0 done (or stopped at
+``--max-steps``), 1 NaN/inf loss, 2 bad input (nothing written).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hnas_fast.data.loaders import DATASETS, make_final_loaders, sampler_of
+from hnas_fast.search.genotype import genotype_to_json, genotype_to_str, load_genotype, validate_genotype
+from hnas_fast.search.runner import (
+    CHECKPOINT,
+    JsonlLog,
+    atomic_torch_save,
+    atomic_write_text,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    seed_everything,
+)
+from hnas_fast.search.strategy import NonFiniteLossError
+
+PROG = "python -m hnas_fast.train"
+# Settings that shape the result; stored in config.json and taken from there on --resume.
+_STORED = ("genotype", "data", "data_dir", "image_size", "cells", "channels", "epochs", "batch_size", "lr",
+           "lr_min", "momentum", "weight_decay", "grad_clip", "auxiliary_weight", "drop_path", "cutout",
+           "seed", "deterministic", "device", "workers", "checkpoint_every", "eval_every")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface (defaults: DARTS's CIFAR-10 evaluation)."""
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--genotype", help="a preset (DARTS_V2, STACNAS_CIFAR), a Genotype(...) string, or a file "
+                   "(genotype.json / genotype.txt of a search run)")
+    p.add_argument("--data", default="digits", choices=DATASETS)
+    p.add_argument("--data-dir")
+    p.add_argument("--image-size", type=int, default=32,
+                   help="input size (digits are upscaled; the auxiliary head needs 32)")
+    p.add_argument("--cells", type=int, default=20)
+    p.add_argument("--channels", type=int, default=36)
+    p.add_argument("--epochs", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=96)
+    p.add_argument("--lr", type=float, default=0.025)
+    p.add_argument("--lr-min", type=float, default=0.0)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=3e-4)
+    p.add_argument("--grad-clip", type=float, default=5.0)
+    p.add_argument("--auxiliary-weight", type=float, default=0.4, help="0 disables the auxiliary head")
+    p.add_argument("--drop-path", type=float, default=0.2, help="final drop-path probability")
+    p.add_argument("--cutout", type=int, default=16, help="cutout length for CIFAR/folder data (0: off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deterministic", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=200,
+                   help="steps between checkpoints (and one per epoch)")
+    p.add_argument("--eval-every", type=int, default=1, help="epochs between test evaluations (and the last)")
+    p.add_argument("--out", help="run directory (default runs/train-<timestamp>)")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--resume", metavar="DIR", help="continue the training run in DIR")
+    p.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after this many steps in all")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def _validate(cfg: dict[str, Any]) -> None:
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ValueError(msg)
+
+    need(cfg["genotype"] is not None, "--genotype is required (e.g. DARTS_V2 or runs/<search>/genotype.json)")
+    need(cfg["cells"] >= 3, f"cells must be >= 3, got {cfg['cells']}")
+    need(cfg["channels"] >= 1, f"channels must be >= 1, got {cfg['channels']}")
+    need(cfg["epochs"] >= 1, f"epochs must be >= 1, got {cfg['epochs']}")
+    need(cfg["batch_size"] >= 1, f"batch_size must be >= 1, got {cfg['batch_size']}")
+    need(cfg["lr"] > 0 and 0 <= cfg["lr_min"] <= cfg["lr"], "need lr > 0 and 0 <= lr_min <= lr")
+    need(0 <= cfg["drop_path"] < 1, f"drop_path must be in [0, 1), got {cfg['drop_path']}")
+    need(cfg["auxiliary_weight"] >= 0, f"auxiliary_weight must be >= 0, got {cfg['auxiliary_weight']}")
+    need(cfg["cutout"] >= 0, f"cutout must be >= 0, got {cfg['cutout']}")
+    need(cfg["checkpoint_every"] >= 1 and cfg["eval_every"] >= 1,
+         "checkpoint_every and eval_every must be >= 1")
+    # DARTS's CIFAR auxiliary head pools a 8x8 map (the 2/3-depth size of a 32x32 input) down to 2x2.
+    need(cfg["auxiliary_weight"] == 0 or cfg["image_size"] >= 32,
+         f"the auxiliary head needs --image-size >= 32 (got {cfg['image_size']}); or --auxiliary-weight 0")
+    need(cfg["max_steps"] is None or cfg["max_steps"] >= 1, f"max_steps must be >= 1, got {cfg['max_steps']}")
+
+
+class _Stop(Exception):
+    pass
+
+
+class TrainRun:
+    """Final training of one genotype; ``run()`` returns the result dict written to ``result.json``."""
+
+    def __init__(self, cfg: dict[str, Any], resume: str | None = None) -> None:
+        self.resume_dir = Path(resume) if resume else None
+        if self.resume_dir is not None:
+            for name in ("config.json", CHECKPOINT):
+                if not (self.resume_dir / name).is_file():
+                    raise FileNotFoundError(f"cannot resume {self.resume_dir}: no {name} there")
+            stored = json.loads((self.resume_dir / "config.json").read_text())
+            cfg = {**cfg, **{k: stored[k] for k in _STORED}}
+        _validate(cfg)
+        self.cfg = cfg
+        self.genotype = load_genotype(cfg["genotype"])
+        validate_genotype(self.genotype)  # ValueError naming an unknown op
+        self.train_loader, self.test_loader, num_classes, in_ch, _ = make_final_loaders(
+            cfg["data"], cfg["data_dir"], cfg["batch_size"], cfg["cutout"], cfg["seed"], cfg["workers"],
+            cfg["image_size"])
+        if in_ch != 3:
+            raise ValueError(f"the final network takes 3-channel images, data {cfg['data']} has {in_ch}")
+        dev = cfg["device"]
+        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev)
+        seed_everything(cfg["seed"])
+        from hnas_fast.nn.network import build_network
+
+        self.model = build_network(self.genotype, channels=cfg["channels"], cells=cfg["cells"],
+                                   num_classes=num_classes, auxiliary=cfg["auxiliary_weight"] > 0,
+                                   drop_path_prob=0.0, dataset="cifar").to(self.device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                                   weight_decay=cfg["weight_decay"])
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.opt, cfg["epochs"], eta_min=cfg["lr_min"])
+        self.epoch = self.step_in_epoch = self.global_step = 0
+        self.sums: dict[str, float] = {}
+        self.best_acc = 0.0
+        self._last_eval: tuple[int, float, float] | None = None
+        if self.resume_dir is not None:
+            self.run_dir = self.resume_dir
+        elif cfg["out"]:
+            self.run_dir = Path(cfg["out"])
+            if (self.run_dir / CHECKPOINT).exists():
+                raise ValueError(f"{self.run_dir} already holds a run; pass --resume {self.run_dir}")
+        else:
+            self.run_dir = Path(cfg["runs_dir"]) / f"train-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    # ---------------------------------------------------------------------------------------- state
+    def _checkpoint(self) -> None:
+        atomic_torch_save({
+            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+            "sums": dict(self.sums), "best_acc": self.best_acc,
+            "model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+            "rng": capture_rng(), "sampler": sampler_of(self.train_loader).state_dict(),
+            "loader_generator": self.train_loader.generator.get_state(), "log_lines": self.log.lines,
+        }, self.run_dir / CHECKPOINT)
+
+    def _restore(self) -> None:
+        st = load_checkpoint(self.run_dir / CHECKPOINT)
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["opt"])
+        self.sched.load_state_dict(st["sched"])
+        self.epoch, self.step_in_epoch, self.global_step = st["epoch"], st["step_in_epoch"], st["global_step"]
+        self.sums, self.best_acc = dict(st["sums"]), st["best_acc"]
+        self.train_loader.generator.set_state(st["loader_generator"])
+        skip = self.step_in_epoch * self.cfg["batch_size"] if self.step_in_epoch else None
+        sampler_of(self.train_loader).load_state_dict(st["sampler"], skip=skip)
+        self.log.truncate(st["log_lines"])
+        restore_rng(st["rng"])
+
+    # ---------------------------------------------------------------------------------------- loop
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Test loss and accuracy of the current model (eval mode)."""
+        self.model.eval()
+        loss = correct = n = 0.0
+        for x, y in self.test_loader:
+            x, y = x.to(self.device), y.to(self.device)
+            logits, _ = self.model(x)
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += float((logits.argmax(1) == y).sum())
+            n += y.numel()
+        self.model.train()
+        return loss / n, correct / n
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        self.opt.zero_grad(set_to_none=True)
+        logits, logits_aux = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        if logits_aux is not None:
+            loss = loss + self.cfg["auxiliary_weight"] * F.cross_entropy(logits_aux, y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"training loss is {float(loss)}; stopping before any update")
+        loss.backward()
+        if self.cfg["grad_clip"]:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["grad_clip"])
+        self.opt.step()
+        return {"loss": float(loss.detach()), "acc": float((logits.detach().argmax(1) == y).float().mean())}
+
+    def run(self) -> dict[str, Any]:
+        """Train (or continue), evaluate, write ``result.json``; return its content."""
+        prev = torch.are_deterministic_algorithms_enabled()
+        if self.cfg["deterministic"]:
+            torch.use_deterministic_algorithms(True)
+        try:
+            return self._run()
+        finally:
+            torch.use_deterministic_algorithms(prev)
+
+    def _run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log = JsonlLog(self.run_dir / "log.jsonl")
+        if self.resume_dir is not None:
+            self._restore()
+            self.log.write({"type": "resume", "step": self.global_step, "epoch": self.epoch})
+        else:
+            stored = {k: cfg[k] for k in _STORED}
+            stored["genotype"] = genotype_to_str(self.genotype)
+            atomic_write_text(self.run_dir / "config.json", json.dumps(stored, indent=1) + "\n")
+            n_params = sum(p.numel() for n, p in self.model.named_parameters() if "auxiliary" not in n)
+            self.log.write({"type": "start", "step": 0, "params": n_params, "device": str(self.device),
+                            "genotype": genotype_to_str(self.genotype)})
+            self._checkpoint()
+        from tqdm import tqdm
+
+        show = not cfg["quiet"] and sys.stderr.isatty()
+        stopped = False
+        try:
+            while self.epoch < cfg["epochs"]:
+                self.model.drop_path_prob = cfg["drop_path"] * self.epoch / cfg["epochs"]  # DARTS schedule
+                bar = tqdm(total=len(self.train_loader), initial=self.step_in_epoch, leave=False,
+                           disable=not show, desc=f"epoch {self.epoch + 1}/{cfg['epochs']}")
+                t0 = time.perf_counter()
+                for x, y in self.train_loader:
+                    m = self._train_step(x, y)
+                    self.step_in_epoch += 1
+                    self.global_step += 1
+                    for k, v in m.items():
+                        self.sums[k] = self.sums.get(k, 0.0) + v
+                    self.sums["n"] = self.sums.get("n", 0.0) + 1
+                    self.log.write({"type": "step", "epoch": self.epoch, "step": self.global_step,
+                                    "lr": self.opt.param_groups[0]["lr"], **m})
+                    bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['acc']:.3f}")
+                    bar.update(1)
+                    if cfg["max_steps"] is not None and self.global_step >= cfg["max_steps"]:
+                        raise _Stop
+                    if self.global_step % cfg["checkpoint_every"] == 0:
+                        self._checkpoint()
+                bar.close()
+                self.sched.step()
+                n = max(self.sums.pop("n", 1.0), 1.0)
+                rec: dict[str, Any] = {"type": "epoch", "epoch": self.epoch, "step": self.global_step,
+                                       **{f"train_{k}": v / n for k, v in self.sums.items()},
+                                       "time": round(time.perf_counter() - t0, 3)}
+                last = self.epoch + 1 == cfg["epochs"]
+                if last or (self.epoch + 1) % cfg["eval_every"] == 0:
+                    rec["test_loss"], rec["test_acc"] = self.evaluate()
+                    self._last_eval = (self.global_step, rec["test_loss"], rec["test_acc"])
+                    self.best_acc = max(self.best_acc, rec["test_acc"])
+                self.log.write(rec)
+                if not cfg["quiet"]:
+                    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in rec.items() if k != "type"), file=sys.stderr)
+                self.epoch += 1
+                self.step_in_epoch = 0
+                self.sums = {}
+                self._checkpoint()
+        except _Stop:
+            stopped = True
+            self.log.write({"type": "stop", "step": self.global_step, "reason": "max_steps"})
+            self._checkpoint()
+        except NonFiniteLossError as e:
+            self.log.write({"type": "error", "step": self.global_step + 1, "reason": str(e)})
+            raise NonFiniteLossError(
+                f"{e}; the last good checkpoint {self.run_dir / CHECKPOINT} is unchanged") from e
+        if stopped:  # not finished: no final accuracy yet; --resume continues
+            return {"finished": False, "steps": self.global_step, "epochs": self.epoch}
+        if self._last_eval is not None and self._last_eval[0] == self.global_step:
+            _, test_loss, test_acc = self._last_eval
+        else:
+            test_loss, test_acc = self.evaluate()
+        result = {"finished": True, "epochs": self.epoch, "steps": self.global_step,
+                  "test_acc": test_acc, "test_loss": test_loss,
+                  "best_test_acc": max(self.best_acc, test_acc),
+                  "genotype": genotype_to_json(self.genotype), "data": cfg["data"]}
+        atomic_write_text(self.run_dir / "result.json", json.dumps(result, indent=1) + "\n")
+        return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cfg = {k: v for k, v in vars(args).items() if k != "resume"}
+    try:
+        run = TrainRun(cfg, resume=args.resume)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        result = run.run()
+    except NonFiniteLossError as e:
+        print(f"{PROG}: stopped: {e}", file=sys.stderr)
+        return 1
+    if result["finished"]:
+        print(f"test accuracy {result['test_acc']:.4f}; run directory {run.run_dir}")
+    else:
+        print(f"stopped after step {result['steps']} (--max-steps); resume with --resume {run.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
