@@ -22,6 +22,8 @@ _LAZY = {
     "DARTS_V2": "hnas_fast.search.genotype",
     "get_space": "hnas_fast.spaces",
     "SearchSpace": "hnas_fast.spaces",
+    "gradient_confusion": "hnas_fast.analysis.confusion",
+    "operator_correlation": "hnas_fast.analysis.correlation",
 }
 
 __all__ = ["MixedOp", "__version__", "build_info", "extension_available", "grad_gram", "info", "mixed_sum",

@@ -1,0 +1,644 @@
+"""StacNAS: hierarchical search via operator clustering (Algorithm 1 of the StacNAS paper).
+
+Stage 1 searches a supernet whose edges carry one representative ("key operator") per operator group plus
+``none``, with one-level optimization. Each edge's *winning group* is the group of its strongest non-none
+op. Stage 2 searches a new supernet, at its own depth and width, whose edge ``e`` carries the members of
+edge ``e``'s winning group plus ``none`` (edges therefore differ: :class:`StageTwoSupernet`). The
+genotype is derived from stage 2 in the original space's op names.
+
+Decisions where the paper is silent:
+
+* Winning group: Algorithm 1 says "activate the optimal operator group based on α̃*". We take the
+  argmax over the non-``none`` logits of the edge (equal to the argmax of its softmax weights). ``none``
+  is not a group (the paper's groups never contain it) and stays a candidate in stage 2, so the stage-2
+  alphas decide which two edges per node survive, exactly as in DARTS's derivation.
+* Normal and reduction cells share one set of alphas each (as in DARTS), so winning groups are per
+  (cell type, edge), and every cell of a type has the same stage-2 edges.
+* Weight inheritance (``inherit_weights``) is not in the paper; with it, stage 2 starts from stage-1
+  tensors wherever the module is the same op at the same place with the same shape (stem, cell
+  preprocessing, candidates of the winning group that were also stage-1 representatives, classifier),
+  cell by cell for cells of the same type and width. It is off by default, as the paper trains stage 2
+  from scratch.
+* Genotype ranking: the public StacNAS code ranks edges by raw logit (``ranking="logit"``, the default
+  here); ``"weight"`` gives DARTS's softmax ranking. Over stage 2's edges the two differ more than in
+  DARTS: each edge's softmax runs over its own candidates only, so under ``"weight"`` an edge with few
+  candidates (``{none, skip_connect}``) gets larger weights than a three-op edge at equal logits, a bias
+  toward small groups that logit ranking does not have.
+* Groups: a preset space's groups (``groups="preset"``), a space file, or ``groups="correlation"``,
+  which trains a full-space supernet briefly and clusters its operator correlations
+  (:mod:`hnas_fast.analysis.correlation`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hnas_fast.nn.cell import num_cell_edges
+from hnas_fast.nn.mixed_op import MixedOp
+from hnas_fast.nn.operations import FactorizedReduce, ReLUConvBN, build_op
+from hnas_fast.nn.supernet import Supernet, build_supernet, default_reductions
+from hnas_fast.search.genotype import Genotype, derive_genotype, genotype_to_json, genotype_to_str
+from hnas_fast.spaces import NONE, SearchSpace
+
+__all__ = [
+    "PARAMETER_FREE_OPS",
+    "EdgeCell",
+    "StacNASConfig",
+    "StacNASResult",
+    "StageTwoSupernet",
+    "alpha_entropy",
+    "genotype_diagnostics",
+    "inherit_weights",
+    "run_stacnas",
+    "stage_two_edge_ops",
+    "train_one_level",
+    "winning_groups",
+]
+
+#: Ops without parameters (counted by :func:`genotype_diagnostics`); FactorizedReduce (skip at stride 2)
+#: has parameters but is still reported as a skip.
+PARAMETER_FREE_OPS = frozenset({"skip_connect", "max_pool_3x3", "avg_pool_3x3", "max_pool_5x5",
+                                "avg_pool_5x5", NONE})
+
+
+# ------------------------------------------------------------------------------------------ stage 2 net
+class EdgeCell(nn.Module):
+    """A search cell whose edge ``e`` mixes its own op list ``edge_ops[e]`` (StacNAS stage 2).
+
+    Same structure, attribute names and BatchNorm settings as
+    :class:`~hnas_fast.nn.cell.SearchCell` (non-affine BN, stride 2 on the input edges of a reduction
+    cell), so state-dict keys of the preprocessing line up with the stage-1 supernet.
+    """
+
+    def __init__(
+        self, edge_ops: Sequence[Sequence[str]], C_prev_prev: int, C_prev: int, C: int, reduction: bool,
+        reduction_prev: bool, nodes: int = 4, multiplier: int = 4, memory_saving: bool = False,
+        mixed_backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        if len(edge_ops) != num_cell_edges(nodes):
+            raise ValueError(f"{len(edge_ops)} edge op lists for {nodes} nodes "
+                             f"(expected {num_cell_edges(nodes)})")
+        if not 1 <= multiplier <= nodes:
+            raise ValueError(f"multiplier must be in 1..{nodes}, got {multiplier}")
+        self.reduction = reduction
+        self.nodes = nodes
+        self.multiplier = multiplier
+        self.edge_ops = tuple(tuple(ops) for ops in edge_ops)
+        if reduction_prev:
+            self.preprocess0: nn.Module = FactorizedReduce(C_prev_prev, C, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+        self.edges = nn.ModuleList()
+        e = 0
+        for i in range(nodes):
+            for j in range(i + 2):
+                stride = 2 if reduction and j < 2 else 1
+                candidates = [build_op(name, C, stride, affine=False, search=True)
+                              for name in self.edge_ops[e]]
+                self.edges.append(MixedOp(candidates, memory_saving=memory_saving, backend=mixed_backend))
+                e += 1
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``weights[e]``: the softmaxed weights of edge ``e``'s own candidates."""
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        offset = 0
+        for _ in range(self.nodes):
+            s = sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            offset += len(states)
+            states.append(s)
+        return torch.cat(states[-self.multiplier:], dim=1)
+
+
+class StageTwoSupernet(nn.Module):
+    """The StacNAS stage-2 supernet: per-edge candidate lists, alphas over the original space's ops.
+
+    ``alphas_normal``/``alphas_reduce`` are ``[num_edges, len(space.ops)]`` so their columns line up with
+    the original space (and with stage 1); ops absent from an edge are masked to ``-inf`` before the
+    softmax, so they get zero weight and no gradient, and never win in :meth:`genotype`.
+
+    Args:
+        space: the original (full) space; its op order names the alpha columns.
+        normal_ops, reduce_ops: per edge, the op names it holds (``num_cell_edges(nodes)`` lists).
+        other args: as :func:`~hnas_fast.nn.supernet.build_supernet`.
+    """
+
+    def __init__(
+        self, space: SearchSpace, normal_ops: Sequence[Sequence[str]], reduce_ops: Sequence[Sequence[str]],
+        cells: int = 20, channels: int = 16, num_classes: int = 10, nodes: int = 4, multiplier: int = 4,
+        stem_multiplier: int = 3, in_channels: int = 3, memory_saving: bool = False,
+        mixed_backend: str | None = None, reduction_at: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        if cells < 1:
+            raise ValueError(f"cells must be >= 1, got {cells}")
+        self.space = space
+        self.num_cells = cells
+        self.channels = channels
+        self.num_classes = num_classes
+        self.nodes = nodes
+        self.multiplier = multiplier
+        self.num_edges = num_cell_edges(nodes)
+        self.normal_ops = self._check_ops(normal_ops, "normal")
+        self.reduce_ops = self._check_ops(reduce_ops, "reduce")
+        red = default_reductions(cells) if reduction_at is None else reduction_at
+        self.reduction_at = tuple(sorted({int(i) for i in red}))
+        bad = [i for i in self.reduction_at if not 0 <= i < cells]
+        if bad:
+            raise ValueError(f"reduction_at {bad} outside 0..{cells - 1}")
+
+        C_curr = stem_multiplier * channels
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(C_curr))
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, channels
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(cells):
+            reduction = i in self.reduction_at
+            if reduction:
+                C_curr *= 2
+            self.cells.append(EdgeCell(
+                self.reduce_ops if reduction else self.normal_ops, C_prev_prev, C_prev, C_curr, reduction,
+                reduction_prev, nodes, multiplier, memory_saving=memory_saving, mixed_backend=mixed_backend,
+            ))
+            reduction_prev = reduction
+            C_prev_prev, C_prev = C_prev, multiplier * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+        k = space.num_ops
+        self.alphas_normal = nn.Parameter(1e-3 * torch.randn(self.num_edges, k))
+        self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(self.num_edges, k))
+        for which, ops in (("normal", self.normal_ops), ("reduce", self.reduce_ops)):
+            mask = torch.zeros(self.num_edges, k, dtype=torch.bool)
+            for e, edge in enumerate(ops):
+                mask[e, [space.index(op) for op in edge]] = True
+            self.register_buffer(f"mask_{which}", mask, persistent=False)
+            # Column indices of each edge's candidates, in the edge's candidate order.
+            for e, edge in enumerate(ops):
+                self.register_buffer(f"cols_{which}_{e}", torch.tensor([space.index(op) for op in edge]),
+                                     persistent=False)
+
+    def _check_ops(self, edge_ops: Sequence[Sequence[str]], which: str) -> tuple[tuple[str, ...], ...]:
+        ops = tuple(tuple(e) for e in edge_ops)
+        if len(ops) != self.num_edges:
+            raise ValueError(f"{which}: {len(ops)} edge op lists, expected {self.num_edges}")
+        order = {op: i for i, op in enumerate(self.space.ops)}
+        for e, edge in enumerate(ops):
+            if not any(op != NONE for op in edge):
+                raise ValueError(f"{which} edge {e} holds no op other than 'none': {list(edge)}")
+            for op in edge:
+                self.space.index(op)
+            if len(set(edge)) != len(edge):
+                raise ValueError(f"{which} edge {e} repeats an op: {list(edge)}")
+        # Keep the space's order inside an edge: alpha columns and candidates then agree everywhere.
+        return tuple(tuple(sorted(edge, key=order.__getitem__)) for edge in ops)
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """``[alphas_normal, alphas_reduce]``."""
+        return [self.alphas_normal, self.alphas_reduce]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """Every parameter except the architecture logits."""
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def masked_alphas(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits with ops absent from an edge set to ``-inf``."""
+        return (self.alphas_normal.masked_fill(~self.mask_normal, float("-inf")),
+                self.alphas_reduce.masked_fill(~self.mask_reduce, float("-inf")))
+
+    def edge_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-edge softmax over each edge's own candidates, ``[num_edges, len(space.ops)]`` (0 elsewhere)."""
+        a_n, a_r = self.masked_alphas()
+        return F.softmax(a_n, dim=-1), F.softmax(a_r, dim=-1)
+
+    def _edge_rows(self, w: torch.Tensor, which: str) -> list[torch.Tensor]:
+        return [w[e].index_select(0, getattr(self, f"cols_{which}_{e}")) for e in range(self.num_edges)]
+
+    def forward(
+        self, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Logits; ``weights`` (normal, reduce), ``[num_edges, len(space.ops)]``, overrides the softmax."""
+        w_normal, w_reduce = self.edge_weights() if weights is None else weights
+        rows_n, rows_r = self._edge_rows(w_normal, "normal"), self._edge_rows(w_reduce, "reduce")
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, rows_r if cell.reduction else rows_n)
+        return self.classifier(self.global_pooling(s1).flatten(1))
+
+    def genotype(self, ranking: str = "logit") -> Genotype:
+        """The discrete cell in the original space's op names (masked ops can never be chosen)."""
+        a_n, a_r = self.masked_alphas()
+        return derive_genotype(a_n.detach(), a_r.detach(), self.space.ops, self.nodes, self.multiplier,
+                               ranking)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------ stage glue
+def winning_groups(stage1: nn.Module, space: SearchSpace) -> tuple[list[int], list[int]]:
+    """Per edge, the index in ``space.groups`` of the group whose key operator has the largest stage-1
+    logit among the non-``none`` ops: ``(normal, reduce)``."""
+    ops = list(stage1.space.ops)
+    cand = [k for k, op in enumerate(ops) if op != NONE]
+    if not cand:
+        raise ValueError("stage-1 space has no op other than 'none'")
+    out = []
+    for alphas in (stage1.alphas_normal, stage1.alphas_reduce):
+        a = alphas.detach().cpu()[:, cand]
+        out.append([space.group_of(ops[cand[int(torch.argmax(row))]]) for row in a])
+    return out[0], out[1]
+
+
+def stage_two_edge_ops(space: SearchSpace, groups: Sequence[int]) -> list[tuple[str, ...]]:
+    """Per edge: ``none`` (when the space has it) plus the members of the edge's winning group."""
+    order = {op: i for i, op in enumerate(space.ops)}
+    edges = []
+    for g in groups:
+        members = set(space.groups[g]) | ({NONE} if space.has_none else set())
+        edges.append(tuple(sorted(members, key=order.__getitem__)))
+    return edges
+
+
+def _named_modules_by_op(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules keyed by a layout-independent name: candidates by op name instead of position."""
+    out: dict[str, nn.Module] = {"stem": model.stem, "classifier": model.classifier}
+    for i, cell in enumerate(model.cells):
+        tag = f"cells.{i}.{'r' if cell.reduction else 'n'}.{type(cell.preprocess0).__name__}"
+        out[f"{tag}.preprocess0"] = cell.preprocess0
+        out[f"{tag}.preprocess1"] = cell.preprocess1
+        names = cell.edge_ops if hasattr(cell, "edge_ops") else [cell.ops] * len(cell.edges)
+        for e, edge in enumerate(cell.edges):
+            for op, mod in zip(names[e], edge.candidates):
+                out[f"{tag}.edges.{e}.{op}"] = mod
+    return out
+
+
+@torch.no_grad()
+def inherit_weights(target: nn.Module, source: nn.Module) -> int:
+    """Copy ``source``'s weights and BN buffers into ``target`` wherever the same op sits at the same
+    place (cell index, cell type, preprocessing kind, edge, op name) with equal tensor shapes.
+
+    Returns the number of tensors copied. Architecture logits are never copied.
+    """
+    src, dst = _named_modules_by_op(source), _named_modules_by_op(target)
+    copied = 0
+    for key, mod in dst.items():
+        other = src.get(key)
+        if other is None:
+            continue
+        a, b = mod.state_dict(), other.state_dict()
+        if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+            continue
+        for k, t in a.items():
+            t.copy_(b[k])
+            copied += 1
+    return copied
+
+
+# ------------------------------------------------------------------------------------------ training
+def train_one_level(
+    model: nn.Module, loader: Any, epochs: int, max_steps: int | None = None,
+    log: Callable[[dict[str, Any]], None] | None = None, **strategy_kwargs: Any,
+) -> list[dict[str, float]]:
+    """One-level search (StacNAS §3.4.3) of ``model`` for ``epochs`` passes over ``loader`` through the
+    project's :class:`~hnas_fast.search.strategy.OneLevel` strategy; stops early after ``max_steps``
+    steps. ``log`` receives each epoch's mean metrics; they are also returned."""
+    from hnas_fast.search.strategy import OneLevel
+
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    strategy = OneLevel(model, epochs=epochs, **strategy_kwargs)
+    model.train()
+    history: list[dict[str, float]] = []
+    steps = 0
+    for epoch in range(epochs):
+        sums: dict[str, float] = {}
+        n = 0
+        t0 = time.perf_counter()
+        for batch in loader:
+            metrics = strategy.step(batch)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+            steps += 1
+            if max_steps is not None and steps >= max_steps:
+                break
+        strategy.end_epoch()
+        record = {"epoch": epoch + 1, "steps": n, "time": round(time.perf_counter() - t0, 3),
+                  **{k: round(v / max(n, 1), 6) for k, v in sums.items()}}
+        history.append(record)
+        if log is not None:
+            log(record)
+        if max_steps is not None and steps >= max_steps:
+            break
+    return history
+
+
+# ------------------------------------------------------------------------------------------ diagnostics
+def alpha_entropy(weights: torch.Tensor) -> list[float]:
+    """Shannon entropy (nats) of each row of softmaxed edge weights (zero weights contribute nothing)."""
+    w = weights.detach().double().cpu()
+    logw = torch.where(w > 0, w.log(), torch.zeros_like(w))
+    return [float(v) for v in -(w * logw).sum(dim=-1)]
+
+
+def genotype_diagnostics(genotype: Genotype, model: nn.Module | None = None) -> dict[str, Any]:
+    """Skip connections and parameter-free ops per cell type, and (with ``model``) alpha entropy per
+    edge and its mean."""
+    out: dict[str, Any] = {}
+    for which in ("normal", "reduce"):
+        ops = [op for op, _ in getattr(genotype, which)]
+        out[which] = {"skip_connect": sum(op == "skip_connect" for op in ops),
+                      "parameter_free": sum(op in PARAMETER_FREE_OPS for op in ops)}
+    if model is not None:
+        for which, w in zip(("normal", "reduce"), model.edge_weights()):
+            ent = alpha_entropy(w)
+            out[which]["alpha_entropy"] = [round(v, 6) for v in ent]
+            out[which]["alpha_entropy_mean"] = round(sum(ent) / len(ent), 6)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the run
+@dataclass
+class StacNASConfig:
+    """Settings of a StacNAS search; defaults are the paper's CIFAR setting (design.md §3).
+
+    ``space`` is a preset name or a space file; ``groups`` is ``"preset"`` (the space's own groups),
+    ``"correlation"`` (cluster them first, see the ``correlation_*`` settings) or a space file whose
+    groups replace them. ``max_steps`` caps each stage (and the correlation pre-training) for smoke runs.
+    """
+
+    space: str = "s1"
+    groups: str = "preset"
+    data: str = "cifar10"
+    data_dir: str | None = None
+    image_size: int | None = None
+    batch_size: int = 64
+    stage1_cells: int = 14
+    stage1_channels: int = 16
+    stage1_epochs: int = 80
+    stage2_cells: int = 20
+    stage2_channels: int = 16
+    stage2_epochs: int = 80
+    inherit_weights: bool = False
+    nodes: int = 4
+    stem_multiplier: int = 3
+    ranking: str = "logit"
+    grad_clip: float = 3.0
+    w_lr: float = 0.025
+    w_lr_min: float = 0.001
+    w_momentum: float = 0.9
+    w_wd: float = 3e-4
+    a_lr: float = 3e-4
+    a_betas: tuple[float, float] = (0.5, 0.999)
+    a_wd: float = 1e-3
+    correlation_epochs: int = 80
+    correlation_images: int = 10_000
+    correlation_threshold: float = 0.25
+    memory_saving: bool = False
+    backend: str = "auto"
+    seed: int = 0
+    device: str = "auto"
+    max_steps: int | None = None
+    out: str | None = None
+    plots: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> StacNASConfig:
+        """Raise ``ValueError`` naming the first bad setting; return ``self``."""
+        for name in ("stage1_cells", "stage2_cells"):
+            if getattr(self, name) < 3:
+                raise ValueError(f"{name} must be >= 3 (two reduction cells and a normal one), "
+                                 f"got {getattr(self, name)}")
+        for name in ("stage1_channels", "stage2_channels", "stage1_epochs", "stage2_epochs", "batch_size",
+                     "correlation_epochs", "correlation_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.ranking not in ("weight", "logit"):
+            raise ValueError(f"ranking must be 'weight' or 'logit', got {self.ranking!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.nodes < 2:
+            raise ValueError(f"nodes must be >= 2, got {self.nodes}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        d = dataclasses.asdict(self)
+        d["a_betas"] = list(self.a_betas)
+        return d
+
+    @classmethod
+    def from_search_config(cls, cfg: Any, **overrides: Any) -> StacNASConfig:
+        """Map a :class:`~hnas_fast.search.presets.SearchConfig` onto StacNAS settings: its cells,
+        channels and epochs become stage 1's (its width stage 2's too); stage 2 and the StacNAS-only
+        settings come from ``cfg.extra`` when the config has such a mapping, then ``overrides`` (both
+        with this class's field names)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        space = cfg.space or "s1"
+        # A stage view (``s1/stage1``) names the stage-1 space; StacNAS needs the full grouped space.
+        space = space.split("/", 1)[0] if not space.endswith((".json", ".yaml", ".yml")) else space
+        # getattr: settings the search config may not carry keep this class's defaults.
+        values: dict[str, Any] = {
+            "space": space, "data": cfg.data, "data_dir": cfg.data_dir, "image_size": cfg.image_size,
+            "batch_size": cfg.batch_size, "stage1_cells": cfg.cells, "stage1_channels": cfg.channels,
+            "stage1_epochs": cfg.epochs, "stage2_channels": cfg.channels, "nodes": cfg.nodes,
+            "stem_multiplier": cfg.stem_multiplier, "ranking": cfg.ranking, "grad_clip": cfg.grad_clip,
+            "w_lr": cfg.w_lr, "w_lr_min": cfg.w_lr_min, "w_momentum": cfg.w_momentum, "w_wd": cfg.w_wd,
+            "a_lr": cfg.a_lr, "a_betas": tuple(cfg.a_betas), "a_wd": cfg.a_wd,
+            "memory_saving": cfg.memory_saving, "backend": cfg.backend, "seed": cfg.seed,
+            "device": cfg.device, "max_steps": cfg.max_steps, "out": cfg.out, "plots": cfg.plots,
+        }
+        for source in (getattr(cfg, "extra", None) or {}, overrides):
+            for k, v in source.items():
+                k = k.replace("-", "_")
+                if k not in fields:
+                    raise ValueError(f"unknown StacNAS setting {k!r}; known: {', '.join(sorted(fields))}")
+                values[k] = v
+        return cls(**values).validate()
+
+
+@dataclass
+class StacNASResult:
+    """What :func:`run_stacnas` produced."""
+
+    out: Path | None
+    space: SearchSpace
+    stage1_space: SearchSpace
+    winning_normal: list[int]
+    winning_reduce: list[int]
+    normal_ops: list[tuple[str, ...]]
+    reduce_ops: list[tuple[str, ...]]
+    genotype: Genotype
+    stage1_genotype: Genotype
+    diagnostics: dict[str, Any]
+    history: dict[str, list[dict[str, float]]]
+    inherited: int = 0
+    stage2: StageTwoSupernet | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary (what ``stacnas.json`` holds)."""
+        def groups(idx: list[int]) -> list[list[str]]:
+            return [list(self.space.groups[g]) for g in idx]
+
+        return {
+            "space": self.space.to_dict(),
+            "stage1_ops": list(self.stage1_space.ops),
+            "winning_groups": {"normal": groups(self.winning_normal), "reduce": groups(self.winning_reduce)},
+            "stage2_edge_ops": {"normal": [list(e) for e in self.normal_ops],
+                                "reduce": [list(e) for e in self.reduce_ops]},
+            "stage1_genotype": genotype_to_json(self.stage1_genotype),
+            "genotype": genotype_to_json(self.genotype),
+            "diagnostics": self.diagnostics,
+            "history": self.history,
+            "inherited_tensors": self.inherited,
+        }
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _base_space(spec: str | SearchSpace) -> SearchSpace:
+    from hnas_fast.search.runner import resolve_space
+
+    return resolve_space(spec)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def run_stacnas(config: StacNASConfig, log: Callable[[str], None] | None = None) -> StacNASResult:
+    """Run StacNAS end to end: (optional) correlation clustering, stage 1, group activation, stage 2,
+    genotype. With ``config.out`` the run writes ``config.json``, ``space.json`` (the grouped space,
+    loadable by :func:`~hnas_fast.spaces.load_space`), ``stacnas.json``, ``genotype.json``,
+    ``genotype.txt``, ``log.jsonl`` and (with plots) ``normal.png``/``reduce.png``; with
+    ``groups="correlation"`` also ``correlation.json`` and ``correlation.png``.
+
+    ``log`` receives one human-readable line per stage and epoch.
+    """
+    from hnas_fast.data.loaders import make_search_loaders
+
+    cfg = config.validate()
+    say = log or (lambda _msg: None)
+    out = Path(cfg.out) if cfg.out else None
+    space = _base_space(cfg.space)
+    if cfg.groups not in ("preset", "correlation"):
+        from hnas_fast.spaces import load_space
+
+        grouped = load_space(cfg.groups)
+        if set(grouped.ops) != set(space.ops):
+            raise ValueError(f"groups file {cfg.groups} has ops {list(grouped.ops)}, space {space.name!r} "
+                             f"has {list(space.ops)}")
+        space = grouped
+    torch.manual_seed(cfg.seed)
+    device = _resolve_device(cfg.device)
+    train_loader, _, num_classes, in_ch, _ = make_search_loaders(
+        cfg.data, cfg.data_dir, cfg.batch_size, one_level=True, seed=cfg.seed, image_size=cfg.image_size)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "config.json", cfg.to_dict())
+    log_file = (out / "log.jsonl").open("a") if out is not None else None
+    opt = dict(w_lr=cfg.w_lr, w_lr_min=cfg.w_lr_min, w_momentum=cfg.w_momentum, w_wd=cfg.w_wd,
+               grad_clip=cfg.grad_clip or None, a_lr=cfg.a_lr, a_betas=tuple(cfg.a_betas), a_wd=cfg.a_wd)
+    net = dict(num_classes=num_classes, nodes=cfg.nodes, multiplier=cfg.nodes,
+               stem_multiplier=cfg.stem_multiplier, in_channels=in_ch, memory_saving=cfg.memory_saving,
+               mixed_backend=None if cfg.backend == "auto" else cfg.backend)
+
+    def logger(stage: str) -> Callable[[dict[str, Any]], None]:
+        def write(rec: dict[str, Any]) -> None:
+            say(f"{stage} epoch {rec['epoch']}: loss {rec.get('loss', math.nan):.4f} "
+                f"acc {rec.get('acc', math.nan):.3f} ({rec['time']:.1f} s)")
+            if log_file is not None:
+                log_file.write(json.dumps({"stage": stage, **rec}) + "\n")
+                log_file.flush()
+        return write
+
+    history: dict[str, list[dict[str, float]]] = {}
+    try:
+        if cfg.groups == "correlation":
+            space = _correlation_groups(cfg, space, train_loader, device, net, opt, out, logger, history)
+        if out is not None:
+            _write_json(out / "space.json", space.to_dict())
+        say(f"groups: {[list(g) for g in space.groups]}; key operators {list(space.representatives)}")
+
+        # Stage 1: group keys + none, one-level.
+        stage1_space = space.stage1()
+        stage1 = build_supernet(stage1_space, cells=cfg.stage1_cells, channels=cfg.stage1_channels,
+                                **net).to(device)
+        history["stage1"] = train_one_level(stage1, train_loader, cfg.stage1_epochs, cfg.max_steps,
+                                            logger("stage1"), **opt)
+        win_n, win_r = winning_groups(stage1, space)
+        normal_ops, reduce_ops = stage_two_edge_ops(space, win_n), stage_two_edge_ops(space, win_r)
+        stage1_genotype = stage1.genotype(cfg.ranking)  # type: ignore[arg-type]
+
+        # Stage 2: each edge mixes its winning group's members + none.
+        stage2 = StageTwoSupernet(space, normal_ops, reduce_ops, cells=cfg.stage2_cells,
+                                  channels=cfg.stage2_channels, **net).to(device)
+        inherited = inherit_weights(stage2, stage1) if cfg.inherit_weights else 0
+        del stage1
+        history["stage2"] = train_one_level(stage2, train_loader, cfg.stage2_epochs, cfg.max_steps,
+                                            logger("stage2"), **opt)
+        genotype = stage2.genotype(cfg.ranking)
+    finally:
+        if log_file is not None:
+            log_file.close()
+    result = StacNASResult(
+        out=out, space=space, stage1_space=stage1_space, winning_normal=win_n, winning_reduce=win_r,
+        normal_ops=normal_ops, reduce_ops=reduce_ops, genotype=genotype, stage1_genotype=stage1_genotype,
+        diagnostics=genotype_diagnostics(genotype, stage2), history=history, inherited=inherited,
+        stage2=stage2,
+    )
+    if out is not None:
+        _write_json(out / "stacnas.json", result.summary())
+        _write_json(out / "genotype.json", genotype_to_json(genotype, cfg.ranking))
+        (out / "genotype.txt").write_text(genotype_to_str(genotype) + "\n")
+        if cfg.plots:
+            from hnas_fast.viz.cells import plot_cell
+
+            for which in ("normal", "reduce"):
+                plot_cell(genotype, which, out / f"{which}.png")
+    say(f"genotype: {genotype_to_str(genotype)}")
+    return result
+
+
+def _correlation_groups(
+    cfg: StacNASConfig, space: SearchSpace, loader: Any, device: torch.device, net: dict[str, Any],
+    opt: dict[str, Any], out: Path | None, logger: Callable[[str], Callable[[dict[str, Any]], None]],
+    history: dict[str, list[dict[str, float]]],
+) -> SearchSpace:
+    """Appendix A: train a full-space supernet (stage-1 depth and width), correlate, cluster."""
+    from hnas_fast.analysis.correlation import operator_correlation, space_from_correlation
+
+    full: Supernet = build_supernet(space, cells=cfg.stage1_cells, channels=cfg.stage1_channels,
+                                    **net).to(device)
+    history["correlation"] = train_one_level(full, loader, cfg.correlation_epochs, cfg.max_steps,
+                                             logger("correlation"), **opt)
+    result = operator_correlation(full, loader, images=cfg.correlation_images, device=device)
+    grouped = space_from_correlation(space, result, cfg.correlation_threshold, name=f"{space.name}-clustered")
+    if out is not None:
+        result.meta.update(space=space.name, threshold=cfg.correlation_threshold)
+        result.save(out / "correlation.json")
+        if cfg.plots:
+            from hnas_fast.viz.heatmap import plot_correlation
+
+            plot_correlation(result.mean, result.ops, out / "correlation.png",
+                             groups=grouped.groups,
+                             title=f"operator correlation ({space.name})")
+    return grouped
+
