@@ -7,6 +7,7 @@ last good checkpoint as it was.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -28,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hnas_fast.search", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="default", help=f"one of {', '.join(PRESETS)} (default: default)")
     p.add_argument("--config", help="JSON or YAML file of settings (applied over the preset)")
-    p.add_argument("--strategy", help="one-level | darts (first order) | darts2 (second order)")
+    p.add_argument("--strategy", help="one-level | darts (first order) | darts2 (second order) | "
+                   "stacnas (two-stage StacNAS pipeline) | hdas (H-DAS: Hc-DAS, Hs-DAS, stacnas+hdas)")
     p.add_argument("--data", help="digits | cifar10 | cifar100 | folder")
     p.add_argument("--data-dir", help="local folder with the data (cifar-10-batches-py, ImageFolder, ...)")
     p.add_argument("--space", help="darts | s1..s5 | NAME/stage1 | NAME/groupI | path.json")
@@ -54,6 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after this many steps in all")
     p.add_argument("--no-plots", action="store_true", help="skip the cell diagrams")
     p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    st = p.add_argument_group("StacNAS (--strategy stacnas): stage 1 uses --cells/--channels/--epochs")
+    st.add_argument("--groups", help="preset (the space groups) | correlation (cluster first) | FILE.json")
+    st.add_argument("--stage2-cells", type=int,
+                    help="stage-2 depth (default: stage-1 cells x 20/14, the paper's 14 -> 20)")
+    st.add_argument("--stage2-epochs", type=int, help="stage-2 epochs (default: as stage 1)")
+    st.add_argument("--inherit-weights", action="store_true", help="stage 2 starts from stage-1 weights")
+    hd = p.add_argument_group("H-DAS (--strategy hdas)")
+    from hnas_fast.search.hdas import CLI_FLAGS
+
+    for flag, (_, typ, text) in CLI_FLAGS.items():
+        # --stem-multiplier already means the DARTS stem of the main parser.
+        name = "--hdas-stem-multiplier" if flag == "--stem-multiplier" else flag
+        hd.add_argument(name, type=typ, nargs="+" if flag == "--cells-per-stage" else None, help=text)
+    hd.add_argument("--no-second-pass", action="store_true", help="stop after the distribution search")
     return p
 
 
@@ -77,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.strategy == "stacnas":
+        return _main_stacnas(parser, args)
+    if args.strategy == "hdas":
+        return _main_hdas(parser, args)
     try:
         file_layer = load_config_file(args.config) if args.config else {}
         cfg = make_config(args.preset, file_layer, _overrides(args))
@@ -94,6 +114,78 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = "finished" if result.finished else f"stopped after step {result.steps} (--max-steps)"
     print(f"search {state}: run directory {result.run_dir}")
     print(f"genotype: {result.run_dir / 'genotype.json'} ({result.run_dir / 'genotype.txt'})")
+    return 0
+
+
+def _main_stacnas(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The StacNAS pipeline: stage 1 over group representatives, stage 2 over each edge's winning group."""
+    from hnas_fast.search.runner import new_run_dir
+    from hnas_fast.search.stacnas import StacNASConfig, run_stacnas
+    from hnas_fast.search.strategy import NonFiniteLossError
+
+    if args.resume:
+        print(f"{parser.prog}: error: --resume is not supported by --strategy stacnas", file=sys.stderr)
+        return 2
+    try:
+        file_layer = load_config_file(args.config) if args.config else {}
+        overrides = {**_overrides(args), "strategy": "one-level"}  # StacNAS optimizes one-level
+        if args.space is None and args.preset == "default":
+            overrides["space"] = "s1"
+        cfg = make_config(args.preset, file_layer, overrides)
+        stage2_cells = args.stage2_cells or max(cfg.cells, round(cfg.cells * 20 / 14))
+        extra = {"stage2_cells": stage2_cells, "stage2_epochs": args.stage2_epochs or cfg.epochs,
+                 "inherit_weights": bool(args.inherit_weights), "groups": args.groups or "preset"}
+        out = new_run_dir(dataclasses.replace(cfg, name=f"stacnas-{cfg.name}"))
+        stac = StacNASConfig.from_search_config(dataclasses.replace(cfg, out=str(out)), **extra)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        result = run_stacnas(stac, log=None if cfg.quiet else print)
+    except NonFiniteLossError as e:
+        print(f"{parser.prog}: stopped: {e}", file=sys.stderr)
+        return 1
+    print(f"stacnas finished: run directory {result.out}")
+    print(f"genotype: {result.out / 'genotype.json'} ({result.out / 'genotype.txt'})")
+    return 0
+
+
+def _main_hdas(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """H-DAS: stage-specific cells (Hc-DAS) or the stage-level DAG search (Hs-DAS) over given cells."""
+    import types
+
+    from hnas_fast.search.hdas import CLI_FLAGS, run_hdas_from_config
+    from hnas_fast.search.runner import new_run_dir
+    from hnas_fast.search.strategy import NonFiniteLossError
+
+    if args.resume:
+        print(f"{parser.prog}: error: --resume is not supported by --strategy hdas", file=sys.stderr)
+        return 2
+    try:
+        file_layer = load_config_file(args.config) if args.config else {}
+        overrides = _overrides(args)
+        overrides.pop("strategy")
+        cfg = make_config(args.preset, file_layer, overrides)
+        hdas: dict[str, Any] = {}
+        for flag, (name, _, _) in CLI_FLAGS.items():
+            dest = "hdas_stem_multiplier" if flag == "--stem-multiplier" else flag[2:].replace("-", "_")
+            if getattr(args, dest) is not None:
+                hdas[name] = getattr(args, dest)
+        if args.no_second_pass:
+            hdas["second_pass"] = False
+        if args.preset == "default":  # the embedded-data preset: a stage DAG small enough for a CPU
+            hdas.setdefault("cells_per_stage", [2, 2, 2])
+        out = new_run_dir(dataclasses.replace(cfg, name=f"hdas-{cfg.name}"))
+        # A SearchConfig's shared fields plus the H-DAS ones, as run_hdas_from_config reads them.
+        config = types.SimpleNamespace(**dataclasses.asdict(cfg), hdas=hdas)
+        result = run_hdas_from_config(config, out, log=None if cfg.quiet else print)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"{parser.prog}: stopped: {e}", file=sys.stderr)
+        return 1
+    print(f"hdas finished: run directory {result.out or out}")
     return 0
 
 

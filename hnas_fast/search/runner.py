@@ -171,7 +171,8 @@ def _device(cfg: SearchConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
-def _new_run_dir(cfg: SearchConfig) -> Path:
+def new_run_dir(cfg: SearchConfig) -> Path:
+    """``cfg.out`` (refused if it already holds a run) or a fresh ``runs_dir/<name>-<timestamp>``."""
     if cfg.out:
         d = Path(cfg.out)
         if (d / CHECKPOINT).exists() or (d / "config.json").exists():
@@ -236,7 +237,7 @@ class SearchRun:
             cfg.image_size,
         )
         self.device = _device(cfg)
-        self.run_dir = self.resume_dir if self.resume_dir is not None else _new_run_dir(cfg)
+        self.run_dir = self.resume_dir if self.resume_dir is not None else new_run_dir(cfg)
         seed_everything(cfg.seed)
         from hnas_fast.nn.supernet import build_supernet
 
