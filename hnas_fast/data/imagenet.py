@@ -1,0 +1,294 @@
+"""ImageNet-style folders (``root/<class>/<image>``) for direct search: a validated file list, the seeded
+weight/architecture split, rank sharding, and the torchvision ``DataLoader`` path.
+
+The torchvision path is the fallback of the DALI pipelines in :mod:`hnas_fast.data.dali` and takes the
+same :class:`ImageOptions` (random-resized crop, flip, normalize for training; shorter-side resize and
+center crop for evaluation), the same validated file list and the same sharding rule, so switching
+backends changes speed, not data.
+
+**Corrupt images.** A decoder that meets a corrupt file mid-epoch raises and ends the run (DALI's does).
+So the folder is scanned once before any pipeline is built: every file is opened with PIL, and either its
+header is checked (``validate="header"``: ``Image.verify()`` plus, for JPEGs, the end-of-image marker in
+the file's last 4 KiB; cheap, catches garbage, wrong formats and truncated files) or it is fully decoded
+(``validate="decode"``: also catches damage inside the compressed data, at the cost of one decode per
+image). Bad files are counted, reported (a warning with the first few paths, and
+:attr:`ImageList.bad` with the reason of each) and left out of the list the readers get. The torchvision
+dataset additionally skips a file that fails at load time anyway (e.g. changed after the scan): its
+sample is dropped from the batch and counted in :attr:`ImageListDataset.failures`.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+from hnas_fast.data.folder import IMAGENET_MEAN, IMAGENET_STD
+
+Validate = Literal["none", "header", "decode"]
+
+__all__ = ["ImageList", "ImageListDataset", "ImageOptions", "ShardedSampler", "make_torchvision_loader",
+           "resolve_split_root", "scan_image_folder", "split_image_list", "torchvision_transform"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """Augmentation shared by the DALI and torchvision paths.
+
+    Args:
+        image_size: side of the square crops.
+        min_area: lower bound of the random-resized crop's area fraction (upper bound 1; aspect ratio
+            3/4..4/3, the torchvision and DALI default).
+        flip: random horizontal flip (probability 0.5) for training.
+        val_resize: evaluation resizes the shorter side to this, then center-crops ``image_size``
+            (default ``round(image_size · 8 / 7)``: 256 for 224, the ImageNet convention).
+    """
+
+    image_size: int = 224
+    min_area: float = 0.08
+    flip: bool = True
+    val_resize: int | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if self.image_size < 1 or not 0 < self.min_area <= 1:
+            raise ValueError(f"need image_size >= 1 and 0 < min_area <= 1, got {self}")
+
+    @property
+    def eval_resize(self) -> int:
+        return self.val_resize or round(self.image_size * 8 / 7)
+
+
+@dataclass
+class ImageList:
+    """The readable images of a folder: ``samples`` as (path relative to ``root``, label)."""
+
+    root: Path
+    classes: list[str]
+    samples: list[tuple[str, int]]
+    bad: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def subset(self, indices: Sequence[int]) -> ImageList:
+        """The samples at ``indices`` (same root, classes; the bad files stay reported once, here)."""
+        return ImageList(self.root, self.classes, [self.samples[i] for i in indices], [])
+
+    def write_file_list(self, path: str | os.PathLike) -> Path:
+        """Write DALI's ``file_list`` format: one ``<path relative to root> <label>`` per line.
+
+        DALI takes the last whitespace-separated token as the label, so paths may contain spaces; a
+        newline in a file name cannot be written and is rejected.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if any("\n" in rel for rel, _ in self.samples):
+            raise ValueError("a file name contains a newline; DALI's file_list cannot express it")
+        # Ranks on one machine may write the same list at once: write aside, then rename atomically.
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(f"{rel} {label}\n" for rel, label in self.samples))
+        os.replace(tmp, path)
+        return path
+
+
+def resolve_split_root(data_dir: str | os.PathLike, train: bool = True) -> Path:
+    """``data_dir/train`` (or ``val``/``test`` for ``train=False``) when present, else ``data_dir`` itself."""
+    data_dir = Path(data_dir).expanduser()
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"image folder not found: {data_dir}")
+    names = ("train",) if train else ("val", "test")
+    for name in names:
+        if (data_dir / name).is_dir():
+            return data_dir / name
+    if (data_dir / "train").is_dir():
+        raise FileNotFoundError(f"image folder {data_dir} has train/ but neither val/ nor test/")
+    return data_dir
+
+
+def _has_jpeg_end(path: str, tail: int = 4096) -> bool:
+    """Whether the JPEG's end-of-image marker (FF D9) is in its last ``tail`` bytes.
+
+    ``verify()`` reads JPEG headers only, so a truncated file passes it, and DALI's decoder then stops the
+    pipeline ("Premature end of JPEG data"); a truncated stream lacks the final marker. Some writers
+    append data after it, hence a window rather than the last two bytes.
+    """
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - tail))
+        return b"\xff\xd9" in f.read()
+
+
+def _check(path: str, validate: Validate) -> str | None:
+    """``None`` when ``path`` passes ``validate``, else the reason it does not."""
+    try:
+        with Image.open(path) as img:
+            if validate == "header":
+                fmt = img.format
+                img.verify()
+                if fmt == "JPEG" and not _has_jpeg_end(path):
+                    return "truncated JPEG (no end-of-image marker)"
+            else:
+                img.load()
+                if img.mode not in ("RGB", "L", "RGBA", "CMYK", "P", "LA", "I;16", "I", "F"):
+                    return f"unsupported mode {img.mode}"
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBomb…)
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def scan_image_folder(root: str | os.PathLike, validate: Validate = "header", workers: int = 8) -> ImageList:
+    """List ``root/<class>/<image>`` (classes and labels as torchvision's ``ImageFolder``), check each file.
+
+    Args:
+        root: the folder of class folders.
+        validate: ``"header"`` (PIL ``verify()``), ``"decode"`` (full decode) or ``"none"``.
+        workers: threads for the checks (file I/O and PIL's decoder release the GIL).
+    """
+    root = Path(root).expanduser()
+    if validate not in ("none", "header", "decode"):
+        raise ValueError(f"validate must be 'none', 'header' or 'decode', got {validate!r}")
+    classes, class_to_idx = find_classes(str(root))
+    found = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    if not found:
+        raise ValueError(f"image folder {root} holds no images with extensions {IMG_EXTENSIONS}")
+    if validate == "none":
+        reasons: list[str | None] = [None] * len(found)
+    else:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            reasons = list(pool.map(lambda item: _check(item[0], validate), found))
+    samples, bad = [], []
+    for (path, label), reason in zip(found, reasons):
+        rel = os.path.relpath(path, root)
+        if reason is None:
+            samples.append((rel, label))
+        else:
+            bad.append((rel, reason))
+    if bad:
+        shown = "; ".join(f"{p} ({r})" for p, r in bad[:5])
+        warnings.warn(f"{len(bad)} of {len(found)} images under {root} are unreadable and skipped: {shown}"
+                      + (" …" if len(bad) > 5 else ""), stacklevel=2)
+    if not samples:
+        raise ValueError(f"image folder {root}: none of its {len(found)} images is readable")
+    return ImageList(root, classes, samples, bad)
+
+
+def split_image_list(images: ImageList, split: float, seed: int) -> tuple[ImageList, ImageList | None]:
+    """Seeded permutation, then ``split`` of it for the weights and the rest for the architecture.
+
+    The permutation also mixes the classes, which matters for DALI: its reader shards a file list into
+    contiguous pieces, so a class-sorted list would give each rank a few classes only. ``split >= 1``
+    returns ``(all of it, None)`` (one-level search).
+    """
+    if not 0 < split <= 1:
+        raise ValueError(f"split must be in (0, 1], got {split}")
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed)).tolist()
+    if split >= 1:
+        return images.subset(order), None
+    n_train = round(split * len(order))
+    if not 0 < n_train < len(order):
+        raise ValueError(f"split={split} of {len(order)} images leaves one side empty")
+    return images.subset(order[:n_train]), images.subset(order[n_train:])
+
+
+def torchvision_transform(options: ImageOptions, train: bool) -> T.Compose:
+    """The torchvision equivalent of the DALI pipeline's augmentation for ``options``."""
+    if train:
+        ops: list = [T.RandomResizedCrop(options.image_size, scale=(options.min_area, 1.0))]
+        if options.flip:
+            ops.append(T.RandomHorizontalFlip())
+    else:
+        ops = [T.Resize(options.eval_resize), T.CenterCrop(options.image_size)]
+    return T.Compose([*ops, T.ToTensor(), T.Normalize(options.mean, options.std)])
+
+
+class ImageListDataset(Dataset):
+    """Map-style dataset over an :class:`ImageList`; a file failing at load time yields ``None``
+    (dropped by :func:`skip_failed_collate`) and is counted in :attr:`failures` across workers."""
+
+    def __init__(self, images: ImageList, transform: T.Compose | None) -> None:
+        self.images = images
+        self.transform = transform
+        # Shared with the fork-started DataLoader workers, so their counts reach the main process.
+        self._failures = multiprocessing.get_context("fork").Value("i", 0)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def failures(self) -> int:
+        return int(self._failures.value)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+        rel, label = self.images.samples[index]
+        try:
+            with Image.open(self.images.root / rel) as img:
+                img = img.convert("RGB")
+        except Exception as e:
+            with self._failures.get_lock():
+                self._failures.value += 1
+            log.warning("skipping unreadable image %s: %s", self.images.root / rel, e)
+            return None
+        return (self.transform(img) if self.transform else img), label
+
+
+def skip_failed_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """``default_collate`` of the samples that loaded (a batch may come out smaller, never fails)."""
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    return default_collate(batch)
+
+
+class ShardedSampler(Sampler[int]):
+    """Rank ``rank`` of ``world_size``: a seeded permutation per epoch (``set_epoch``), every
+    ``world_size``-th index from ``rank`` on, so each sample is seen exactly once per epoch across ranks
+    (no padding, unlike ``DistributedSampler``: shard sizes may differ by one)."""
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1, shuffle: bool = True,
+                 seed: int = 0) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+        self.size, self.rank, self.world_size = size, rank, world_size
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.size, self.world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=gen).tolist()
+        else:
+            order = list(range(self.size))
+        return iter(order[self.rank :: self.world_size])
+
+
+def make_torchvision_loader(images: ImageList, batch_size: int, options: ImageOptions, train: bool,
+                            rank: int = 0, world_size: int = 1, shuffle: bool | None = None, seed: int = 0,
+                            num_workers: int = 2) -> DataLoader:
+    """A ``DataLoader`` over ``images`` sharded for ``rank``; ``loader.sampler.set_epoch(e)`` per epoch."""
+    dataset = ImageListDataset(images, torchvision_transform(options, train))
+    sampler = ShardedSampler(len(images), rank, world_size, train if shuffle is None else shuffle, seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      collate_fn=skip_failed_collate, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=num_workers > 0,
+                      multiprocessing_context="fork" if num_workers > 0 else None)
