@@ -7,6 +7,8 @@ Memory is the bytes autograd saves for backward (activations; parameters exclude
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,10 @@ def _step(net, x, y):
 @pytest.mark.parametrize("cells", [8, 14])
 @pytest.mark.parametrize("mode", ["fused", "memory_saving"])
 def test_supernet_step(benchmark, mode, cells, batch):
+    if batch > 16 and DEVICE == "cpu" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        # glibc raises its mmap threshold after each large free, so freed activations stay in its arenas:
+        # alternating two 8-cell batch-64 supernets then grew this process past 24 GiB (OOM-killed).
+        pytest.skip("run with MALLOC_MMAP_THRESHOLD_=1048576 (fixed threshold: big frees return to the OS)")
     ref_net, net = _net(cells, "reference"), _net(cells, mode)
     net.load_state_dict(ref_net.state_dict())
     x = torch.randn(batch, 3, 32, 32, device=DEVICE)

@@ -43,6 +43,8 @@ from typing import Any, Literal
 
 import torch
 
+from hnas_fast.analysis.memory import saved_tensor_bytes
+
 # "fused" leaves the mixed_sum backend to the automatic choice (compiled kernel, else Triton on CUDA, else
 # the reference); "reference" forces the plain-PyTorch sum.
 MIXED_BACKENDS: dict[str, str | None] = {"fused": None, "reference": "reference"}
@@ -109,35 +111,19 @@ def parameter_gradient_bytes(model: torch.nn.Module) -> int:
     return 2 * sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def _storage_key(t: torch.Tensor) -> int:
-    return t.untyped_storage()._cdata
-
-
 def saved_bytes(config: MemoryConfig, device: str | torch.device = "meta") -> tuple[int, int]:
     """``(saved bytes, parameter + gradient bytes)`` of ``config``, from one forward pass (no backward).
 
     ``device="meta"`` costs no memory at any size; for tiny models a real device gives the same count
     faster (meta ops pay a fixed dispatch overhead that real tiny ops do not).
 
-    Saved tensors are counted once per storage (views and tensors saved by several nodes share one), as
-    :class:`~hnas_fast.analysis.memory.SavedTensorMeter` does, but keyed by storage identity so that the
-    count also works on the ``meta`` device.
+    Saved tensors are counted once per storage (views and tensors saved by several nodes share one) by
+    :class:`~hnas_fast.analysis.memory.SavedTensorMeter`, parameters excluded.
     """
     device = torch.device(device)
     net, x, _ = _build(config, device)
-    params = {_storage_key(p) for p in net.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        key = _storage_key(t)
-        if key not in params and key not in seen:
-            seen[key] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = net(x)
-    del out  # the graph (and with it every counted storage) is freed here
-    return sum(seen.values()), parameter_gradient_bytes(net)
+    saved = saved_tensor_bytes(lambda: net(x), exclude=list(net.parameters()))
+    return saved, parameter_gradient_bytes(net)
 
 
 def _rss_high_water(reset: bool = False) -> tuple[int, int]:
