@@ -181,6 +181,8 @@ def test_compiled_op_checks_inputs_too():
         torch.ops.hnas_fast.mixed_sum([y, y], torch.ones(3))
     with pytest.raises(RuntimeError, match=r"ys\[1\] has shape"):
         torch.ops.hnas_fast.mixed_sum([y, torch.randn(3, 2)], torch.ones(2))
+    with pytest.raises(RuntimeError, match="grad_out has shape"):
+        torch.ops.hnas_fast.mixed_sum_backward(torch.randn(3, 2), [y, y], torch.ones(2), True, True)
 
 
 def test_backend_choice_and_override(monkeypatch):

@@ -29,6 +29,16 @@ void check_mixed_sum_inputs(at::TensorList ys, const at::Tensor& weights) {
               " but ys are on ", y0.device());
 }
 
+void check_mixed_sum_backward_inputs(const at::Tensor& grad_out, at::TensorList ys, const at::Tensor& weights) {
+  check_mixed_sum_inputs(ys, weights);
+  TORCH_CHECK(grad_out.sizes() == ys[0].sizes(), "mixed_sum_backward: grad_out has shape ", grad_out.sizes(),
+              " but ys[0] has shape ", ys[0].sizes());
+  TORCH_CHECK(grad_out.scalar_type() == ys[0].scalar_type(), "mixed_sum_backward: grad_out has dtype ",
+              grad_out.scalar_type(), " but ys have dtype ", ys[0].scalar_type());
+  TORCH_CHECK(grad_out.device() == ys[0].device(), "mixed_sum_backward: grad_out is on ", grad_out.device(),
+              " but ys are on ", ys[0].device());
+}
+
 at::Tensor match_layout(const at::Tensor& t, const at::Tensor& like) {
   if (t.strides() == like.strides()) {
     return t;

@@ -11,6 +11,9 @@ namespace hnas_fast {
 // Validates (ys, weights) and names the offending argument in the error.
 void check_mixed_sum_inputs(at::TensorList ys, const at::Tensor& weights);
 
+// The same, plus grad_out against ys[0] (shape, dtype, device).
+void check_mixed_sum_backward_inputs(const at::Tensor& grad_out, at::TensorList ys, const at::Tensor& weights);
+
 // Returns the candidates in one common dense layout (the first candidate's when it is dense,
 // else contiguous) so that kernels can walk all of them, and the output, as flat arrays.
 std::vector<at::Tensor> dense_like_first(at::TensorList ys);

@@ -188,11 +188,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cpu(const at:
                                                                        const at::Tensor& weights,
                                                                        bool need_ys_grad,
                                                                        bool need_weights_grad) {
-  check_mixed_sum_inputs(ys_in, weights);
-  TORCH_CHECK(grad_out.sizes() == ys_in[0].sizes(), "mixed_sum_backward: grad_out has shape ",
-              grad_out.sizes(), " but ys[0] has shape ", ys_in[0].sizes());
-  TORCH_CHECK(grad_out.scalar_type() == ys_in[0].scalar_type(), "mixed_sum_backward: grad_out has dtype ",
-              grad_out.scalar_type(), " but ys have dtype ", ys_in[0].scalar_type());
+  check_mixed_sum_backward_inputs(grad_out, ys_in, weights);
   const auto ys = dense_like_first(ys_in);
   const at::Tensor g = match_layout(grad_out, ys[0]);
   const int64_t n = g.numel();
