@@ -9,6 +9,13 @@ creating an iterator never draws from torch's global RNG and a resumed run can r
 ``ResumableSampler.state_dict()`` captures the generator as it was when the current pass began, and
 ``load_state_dict(state, skip=n)`` restarts that pass after its first ``n`` samples (``skip=None``: go on
 with a new pass from the generator's saved current state).
+
+**Several processes** (``rank`` of ``world_size``): every rank holds the same split and the same sampler
+generator; each pass draws one permutation of the whole part (identical on every rank) and rank ``r`` takes
+every ``world_size``-th sample of it from ``r`` on. With a global batch of ``world_size × b``, after ``k``
+steps exactly the first ``k × world_size × b`` samples of the permutation have been used, on any number of
+processes, so a run checkpointed on N processes resumes mid-epoch on M (``skip`` counts samples of the
+global permutation). One process (the default) is the plain, unsharded sampler.
 """
 from __future__ import annotations
 
@@ -19,21 +26,31 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-DATASETS = ("digits", "cifar10", "cifar100", "folder")
+# ``imagenet`` is an ImageNet-style folder searched through hnas_fast.data.dali (DALI or torchvision, with a
+# corrupt-file scan); for final training it opens like ``folder``.
+DATASETS = ("digits", "cifar10", "cifar100", "folder", "imagenet")
 
 
 class ResumableSampler(Sampler[int]):
-    """Random permutation of ``indices`` per pass, drawn from its own generator; resumable mid-pass."""
+    """Random permutation of ``indices`` per pass, drawn from its own generator; resumable mid-pass.
 
-    def __init__(self, indices: Sequence[int], seed: int, shuffle: bool = True) -> None:
+    With ``world_size > 1`` it yields rank ``rank``'s share (every ``world_size``-th sample) of the pass's
+    permutation, which is the same on every rank (same ``seed``); ``len()`` is that share's size.
+    """
+
+    def __init__(self, indices: Sequence[int], seed: int, shuffle: bool = True, rank: int = 0,
+                 world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
         self.indices = torch.as_tensor(list(indices), dtype=torch.int64)
         self.shuffle = shuffle
+        self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
         self._pass_state: torch.Tensor | None = None  # generator state when the current pass began
         self._resume: tuple[torch.Tensor, int] | None = None
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(range(self.rank, len(self.indices), self.world_size))
 
     def __iter__(self) -> Iterator[int]:
         skip = 0
@@ -44,7 +61,8 @@ class ResumableSampler(Sampler[int]):
         self._pass_state = self.generator.get_state()
         order = torch.randperm(len(self.indices), generator=self.generator) if self.shuffle else None
         idx = self.indices[order] if order is not None else self.indices
-        return iter(idx[skip:].tolist())
+        # Skip first, then shard: ``skip`` counts samples of the global order, whatever the process count.
+        return iter(idx[skip:][self.rank :: self.world_size].tolist())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """``pass_state``: the generator when the current pass began; ``gen_state``: the generator now."""
@@ -53,8 +71,9 @@ class ResumableSampler(Sampler[int]):
         return {"pass_state": start.clone(), "gen_state": now.clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor], skip: int | None = None) -> None:
-        """With ``skip`` an int, the next pass replays the saved pass from its ``skip``-th sample on; with
-        ``skip=None`` the generator continues from ``gen_state`` (the next pass is a new one)."""
+        """With ``skip`` an int, the next pass replays the saved pass from its ``skip``-th sample (counted in
+        the permutation all ranks share) on; with ``skip=None`` the generator continues from ``gen_state``
+        (the next pass is a new one)."""
         if skip is None:
             self.generator.set_state(state["gen_state"].clone())
             self._resume = None
@@ -63,8 +82,8 @@ class ResumableSampler(Sampler[int]):
 
 
 def _loader(ds: Dataset, indices: Sequence[int], batch_size: int, seed: int, shuffle: bool,
-            workers: int) -> DataLoader:
-    sampler = ResumableSampler(indices, seed, shuffle)
+            workers: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+    sampler = ResumableSampler(indices, seed, shuffle, rank, world_size)
     # The loader's own generator seeds the workers; without it DataLoader draws from the global RNG.
     gen = torch.Generator().manual_seed(seed + 7919)
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, generator=gen,
@@ -99,7 +118,7 @@ def open_dataset(data: str, data_dir: str | os.PathLike | None, train: bool, aug
         size = image_size or 32
         tf = cifar_transforms(augment, n, cutout if augment else 0, size)
         return load_cifar(_require_dir(data, data_dir), n, train, tf), n, 3, size
-    if data == "folder":
+    if data in ("folder", "imagenet"):
         from hnas_fast.data.folder import DEFAULT_IMAGE_SIZE, folder_transforms, load_image_folder
 
         size = image_size or DEFAULT_IMAGE_SIZE
@@ -117,12 +136,17 @@ def make_search_loaders(
     seed: int = 0,
     workers: int = 0,
     image_size: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[DataLoader, DataLoader | None, int, int, int]:
     """Loaders for architecture search: ``(train, val or None, num_classes, in_channels, image_size)``.
 
     Two-level: the training set is split (seeded permutation) into ``split`` for weights and the rest for
     architecture validation, both augmented as in DARTS's search. One-level: all of it trains, ``val`` is
     None. Same ``seed`` → same split and same batch order.
+
+    ``rank``/``world_size``: this process's share of each part (see the module docstring); ``batch_size``
+    is then the per-process batch, and every rank must pass the same ``seed``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -133,13 +157,18 @@ def make_search_loaders(
     if n == 0:
         raise ValueError(f"data set {data} at {data_dir} is empty")
     if one_level:
-        return _loader(ds, range(n), batch_size, seed, True, workers), None, num_classes, in_ch, size
+        if n < world_size:
+            raise ValueError(f"{n} images cannot be shared by {world_size} processes")
+        train = _loader(ds, range(n), batch_size, seed, True, workers, rank, world_size)
+        return train, None, num_classes, in_ch, size
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     n_train = int(n * split)
     if n_train == 0 or n_train == n:
         raise ValueError(f"split {split} of {n} images leaves one side empty")
-    train = _loader(ds, perm[:n_train], batch_size, seed + 1, True, workers)
-    val = _loader(ds, perm[n_train:], batch_size, seed + 2, True, workers)
+    if min(n_train, n - n_train) < world_size:
+        raise ValueError(f"split {split} of {n} images leaves a side too small for {world_size} processes")
+    train = _loader(ds, perm[:n_train], batch_size, seed + 1, True, workers, rank, world_size)
+    val = _loader(ds, perm[n_train:], batch_size, seed + 2, True, workers, rank, world_size)
     return train, val, num_classes, in_ch, size
 
 

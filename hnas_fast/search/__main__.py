@@ -3,11 +3,17 @@
 Settings are layered: ``--preset`` < ``--config FILE`` (JSON/YAML) < flags. A bad setting prints one line on
 stderr and exits with code 2 before anything is written; a NaN/inf loss exits with code 1, leaving the
 last good checkpoint as it was.
+
+On several processes, launch it with ``torchrun``; ``--batch-size`` is then the global batch (divided among
+the processes), rank 0 writes the run directory, and ``--resume`` may use another number of processes:
+
+    torchrun --nproc_per_node=4 -m hnas_fast.search --data imagenet --data-dir DIR --batch-size 256 ...
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -20,7 +26,8 @@ _FLAGS = {
     "channels": "channels", "epochs": "epochs", "batch_size": "batch_size", "split": "split",
     "image_size": "image_size", "backend": "backend", "ranking": "ranking", "seed": "seed", "out": "out",
     "max_steps": "max_steps", "checkpoint_every": "checkpoint_every", "workers": "workers",
-    "device": "device", "grad_clip": "grad_clip", "runs_dir": "runs_dir",
+    "device": "device", "grad_clip": "grad_clip", "runs_dir": "runs_dir", "dali": "dali",
+    "validate": "image_validate",
 }
 
 
@@ -31,13 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON or YAML file of settings (applied over the preset)")
     p.add_argument("--strategy", help="one-level | darts (first order) | darts2 (second order) | "
                    "stacnas (two-stage StacNAS pipeline) | hdas (H-DAS: Hc-DAS, Hs-DAS, stacnas+hdas)")
-    p.add_argument("--data", help="digits | cifar10 | cifar100 | folder")
+    p.add_argument("--data", help="digits | cifar10 | cifar100 | folder | imagenet (an ImageNet-style "
+                   "folder through DALI or torchvision, corrupt files skipped)")
     p.add_argument("--data-dir", help="local folder with the data (cifar-10-batches-py, ImageFolder, ...)")
+    p.add_argument("--dali", choices=("auto", "dali", "torchvision"),
+                   help="--data imagenet: image pipeline (auto: DALI when installed, else torchvision)")
+    p.add_argument("--validate", choices=("header", "decode", "none"),
+                   help="--data imagenet: check each file before the search (default header)")
     p.add_argument("--space", help="darts | s1..s5 | NAME/stage1 | NAME/groupI | path.json")
     p.add_argument("--cells", type=int)
     p.add_argument("--channels", type=int)
     p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch: divided among torchrun's processes")
     p.add_argument("--split", type=float, help="fraction of the training set for weights (two-level)")
     p.add_argument("--image-size", type=int)
     p.add_argument("--memory-saving", action="store_true", default=None,
@@ -56,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after this many steps in all")
     p.add_argument("--no-plots", action="store_true", help="skip the cell diagrams")
     p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    p.add_argument("--check-sync", action="store_true",
+                   help="under torchrun: assert identical alphas on every rank after each step (debugging)")
     st = p.add_argument_group("StacNAS (--strategy stacnas): stage 1 uses --cells/--channels/--epochs")
     st.add_argument("--groups", help="preset (the space groups) | correlation (cluster first) | FILE.json")
     st.add_argument("--stage2-cells", type=int,
@@ -83,20 +97,37 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["plots"] = False
     if args.quiet:
         out["quiet"] = True
+    if args.check_sync:
+        out["check_sync"] = True
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0: finished or stopped at --max-steps; 1: non-finite loss;
     2: bad input)."""
-    from hnas_fast.search.strategy import NonFiniteLossError
-
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.strategy in ("stacnas", "hdas") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Their pipelines chain several runs in one process and write directly: one process only.
+        print(f"{parser.prog}: error: --strategy {args.strategy} runs on one process; launch it without "
+              "torchrun", file=sys.stderr)
+        return 2
     if args.strategy == "stacnas":
         return _main_stacnas(parser, args)
     if args.strategy == "hdas":
         return _main_hdas(parser, args)
+    from hnas_fast.distributed import cleanup
+
+    try:
+        return _main_search(parser, args)
+    finally:
+        cleanup()  # leave torchrun's process group (a no-op on one process)
+
+
+def _main_search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """One search run (on one process, or on each of torchrun's)."""
+    from hnas_fast.search.strategy import NonFiniteLossError
+
     try:
         file_layer = load_config_file(args.config) if args.config else {}
         cfg = make_config(args.preset, file_layer, _overrides(args))
@@ -111,9 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"{parser.prog}: stopped: {e}", file=sys.stderr)
         return 1
-    state = "finished" if result.finished else f"stopped after step {result.steps} (--max-steps)"
-    print(f"search {state}: run directory {result.run_dir}")
-    print(f"genotype: {result.run_dir / 'genotype.json'} ({result.run_dir / 'genotype.txt'})")
+    if run.ctx.is_main:
+        state = "finished" if result.finished else f"stopped after step {result.steps} (--max-steps)"
+        print(f"search {state}: run directory {result.run_dir}")
+        print(f"genotype: {result.run_dir / 'genotype.json'} ({result.run_dir / 'genotype.txt'})")
     return 0
 
 

@@ -27,6 +27,8 @@ from hnas_fast.search.strategy import STRATEGIES
 
 BACKENDS = ("auto", "cpp", "cuda", "triton", "reference")
 RANKINGS = ("weight", "logit")
+IMAGE_BACKENDS = ("auto", "dali", "torchvision")  # --data imagenet: DALI when importable, or torchvision
+VALIDATE_MODES = ("header", "decode", "none")  # --data imagenet: the corrupt-file scan before the search
 
 
 class ConfigError(ValueError):
@@ -46,6 +48,9 @@ class SearchConfig:
     batch_size: int = 64
     split: float = 0.5
     workers: int = 0
+    dali: str = "auto"  # imagenet only: image pipeline (auto | dali | torchvision)
+    # imagenet only, --validate (the field name ``validate`` is the method): the corrupt-file scan
+    image_validate: str = "header"  # header | decode | none
     # supernet
     space: str | None = "darts"
     cells: int = 8
@@ -75,6 +80,7 @@ class SearchConfig:
     runs_dir: str = "runs"
     quiet: bool = False
     plots: bool = True
+    check_sync: bool = False  # several processes: assert identical alphas on all ranks after every step
 
     @property
     def one_level(self) -> bool:
@@ -110,6 +116,10 @@ class SearchConfig:
         need(self.image_size is None or self.image_size >= 8,
              f"image_size must be >= 8, got {self.image_size}")
         need(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
+        need(self.dali in IMAGE_BACKENDS,
+             f"unknown image pipeline {self.dali!r}; choose one of {', '.join(IMAGE_BACKENDS)}")
+        need(self.image_validate in VALIDATE_MODES,
+             f"unknown validate mode {self.image_validate!r}; choose one of {', '.join(VALIDATE_MODES)}")
         need(self.backend in BACKENDS,
              f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         need(self.ranking in RANKINGS,
@@ -207,5 +217,5 @@ def config_from_dict(d: dict[str, Any]) -> SearchConfig:
     return SearchConfig(**{k: _coerce(k, v) for k, v in d.items()}).validate()
 
 
-__all__ = ["BACKENDS", "PRESETS", "RANKINGS", "ConfigError", "SearchConfig", "config_from_dict",
-           "load_config_file", "make_config"]
+__all__ = ["BACKENDS", "IMAGE_BACKENDS", "PRESETS", "RANKINGS", "VALIDATE_MODES", "ConfigError",
+           "SearchConfig", "config_from_dict", "load_config_file", "make_config"]

@@ -9,6 +9,19 @@ it, and every RNG (torch, CUDA, numpy, python, and the samplers' generators), th
 epoch from the checkpointed step. With ``workers=0`` on the CPU the resumed run is bitwise the run that was
 never interrupted (``deterministic=True`` extends that to CUDA kernels); worker processes reseed per epoch
 pass, so with ``workers>0`` augmentations after a resume differ.
+
+**Several processes** (``torchrun --nproc_per_node=N -m hnas_fast.search ...``, see
+:mod:`hnas_fast.distributed`): ``batch_size`` is the global batch, split evenly among the processes, each
+of which reads its own share of the data; rank 0's weights and alphas are broadcast at the start, the
+gradients averaged before every optimizer step, so every rank holds identical alphas after every step
+(``check_sync`` asserts it). Rank 0 alone chooses the run directory and writes logs, checkpoints and
+outputs; logged metrics are averaged over the ranks. Every rank reads the checkpoint (a shared file
+system). A checkpoint records its ``world_size`` and resumes on any number of processes: the digits,
+CIFAR and folder loaders shard one global permutation per pass, so the interrupted epoch goes on from the
+checkpointed step exactly where the other process count left it (``reshard: true`` in the resume
+record); every rank restores rank 0's RNG state (all ranks seed alike and draw alike). The
+``imagenet`` pipelines (DALI, torchvision) cannot start mid-pass: there the interrupted epoch restarts from
+its beginning (``restarted_steps`` in the resume record).
 """
 from __future__ import annotations
 
@@ -25,10 +38,21 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hnas_fast.data.loaders import make_search_loaders, sampler_of
+from hnas_fast.data.loaders import ResumableSampler, make_search_loaders, sampler_of
+from hnas_fast.distributed import (
+    DistributedContext,
+    GradientAverager,
+    assert_identical,
+    broadcast_buffers,
+    broadcast_module,
+    broadcast_object,
+    equal_steps,
+    init_distributed,
+)
 from hnas_fast.search.genotype import Genotype, genotype_to_json, genotype_to_str
 from hnas_fast.search.presets import ConfigError, SearchConfig, config_from_dict
 from hnas_fast.search.strategy import NonFiniteLossError, SearchStrategy, make_strategy
@@ -92,18 +116,26 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 class JsonlLog:
-    """Append-only JSON-lines file, flushed per line; ``truncate`` drops lines after a checkpoint's count."""
+    """Append-only JSON-lines file, flushed per line; ``truncate`` drops lines after a checkpoint's count.
 
-    def __init__(self, path: Path) -> None:
+    ``enabled=False`` (ranks other than 0) makes every method a no-op: one process writes the file.
+    """
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path = path
-        self.lines = sum(1 for _ in path.open()) if path.exists() else 0
+        self.enabled = enabled
+        self.lines = sum(1 for _ in path.open()) if enabled and path.exists() else 0
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         self.lines += 1
 
     def truncate(self, lines: int) -> None:
+        if not self.enabled:
+            return
         kept = self.path.read_text().splitlines(keepends=True)[:lines] if self.path.exists() else []
         atomic_write_text(self.path, "".join(kept))
         self.lines = len(kept)
@@ -171,6 +203,51 @@ def _device(cfg: SearchConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
+def _init_context(cfg: SearchConfig) -> DistributedContext:
+    """torchrun's process group (or a single-process context); ``--device cpu`` forces gloo on CPUs."""
+    if cfg.device in ("auto", "cuda"):
+        return init_distributed()  # under torchrun each process takes GPU LOCAL_RANK when CUDA is there
+    return init_distributed(device=cfg.device)
+
+
+def _mean_over_ranks(metrics: dict[str, float], ctx: DistributedContext) -> dict[str, float]:
+    """Each metric averaged over the ranks, in one all-reduce (every rank logs the same keys)."""
+    if not ctx.distributed:
+        return metrics
+    keys = sorted(metrics)
+    t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return dict(zip(keys, (t / ctx.world_size).tolist()))
+
+
+def _all_true(flag: bool, ctx: DistributedContext) -> bool:
+    """Whether ``flag`` holds on every rank (so all ranks take the same branch around a collective)."""
+    if not ctx.distributed:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int64, device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def _finish_pass(batches: Any) -> None:
+    """Run an iterator that stopped at the common step count to its end (at most a batch or two).
+
+    A rank whose shard holds one batch more than the common count leaves its pass unfinished; a DALI
+    iterator refuses to reset mid-pass, and its next pass would begin with this one's remainder.
+    """
+    for _ in batches:
+        pass
+
+
+def _part_size(loader: Any) -> int:
+    """Images in a loader's part of the data, all ranks together."""
+    if isinstance(getattr(loader, "sampler", None), ResumableSampler):
+        return len(loader.sampler.indices)
+    if hasattr(loader, "images"):  # DaliLoader
+        return len(loader.images)
+    return len(loader.dataset)
+
+
 def new_run_dir(cfg: SearchConfig) -> Path:
     """``cfg.out`` (refused if it already holds a run) or a fresh ``runs_dir/<name>-<timestamp>``."""
     if cfg.out:
@@ -230,14 +307,27 @@ class SearchRun:
         if self.resume_dir is not None:
             cfg = self._stored_config(self.resume_dir, cfg)
         self.cfg = cfg.validate()
+        self.ctx = _init_context(cfg)
+        ws = self.ctx.world_size
+        if cfg.batch_size % ws:
+            raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch and must divide by the "
+                              f"{ws} processes (e.g. {max(ws, cfg.batch_size // ws * ws)})")
+        self.device = self.ctx.device if self.ctx.distributed else _device(cfg)
         # Everything that can fail on bad input happens before the run directory is created.
         self.space = resolve_space(cfg.space or "")
-        self.train_loader, self.val_loader, num_classes, in_ch, self.image_size = make_search_loaders(
-            cfg.data, cfg.data_dir, cfg.batch_size, cfg.split, cfg.one_level, cfg.seed, cfg.workers,
-            cfg.image_size,
-        )
-        self.device = _device(cfg)
-        self.run_dir = self.resume_dir if self.resume_dir is not None else new_run_dir(cfg)
+        self.bad_files: list[tuple[str, str]] = []
+        self.image_backend: str | None = None
+        if cfg.data == "imagenet":
+            num_classes, in_ch = self._image_loaders(cfg)
+        else:
+            self.train_loader, self.val_loader, num_classes, in_ch, self.image_size = make_search_loaders(
+                cfg.data, cfg.data_dir, cfg.batch_size // ws, cfg.split, cfg.one_level, cfg.seed, cfg.workers,
+                cfg.image_size, rank=self.ctx.rank, world_size=ws,
+            )
+        # The image pipelines cannot start mid-pass; the resumable samplers can (see the module docstring).
+        self._resumable = all(isinstance(getattr(dl, "sampler", None), ResumableSampler)
+                              for dl in self._loaders().values())
+        self.run_dir = self.resume_dir if self.resume_dir is not None else self._new_run_dir(cfg)
         seed_everything(cfg.seed)
         from hnas_fast.nn.supernet import build_supernet
 
@@ -247,15 +337,56 @@ class SearchRun:
             stem_multiplier=cfg.stem_multiplier, in_channels=in_ch, memory_saving=cfg.memory_saving,
             mixed_backend=None if cfg.backend == "auto" else cfg.backend,
         ).to(self.device)
+        broadcast_module(self.model, self.ctx)  # every rank starts from rank 0's weights and alphas
         self.strategy: SearchStrategy = make_strategy(
             cfg.strategy, self.model, epochs=cfg.epochs, w_lr=cfg.w_lr, w_lr_min=cfg.w_lr_min,
             w_momentum=cfg.w_momentum, w_wd=cfg.w_wd, grad_clip=cfg.grad_clip, a_lr=cfg.a_lr,
             a_betas=cfg.a_betas, a_wd=cfg.a_wd,
         )
+        # Averages every gradient across ranks before each optimizer step (a no-op on one process).
+        self.averager = GradientAverager(self.model.parameters(), self.ctx).attach(
+            self.strategy.w_opt, self.strategy.a_opt)
         self.pos = _Position()
         self._resume_state: dict[str, Any] | None = None
         if self.resume_dir is not None:
             self._resume_state = load_checkpoint(self.resume_dir / CHECKPOINT)
+
+    def _image_loaders(self, cfg: SearchConfig) -> tuple[int, int]:
+        """``--data imagenet``: the DALI or torchvision loaders of this rank's shard; ``(classes, 3)``."""
+        from hnas_fast.data.dali import dali_available, make_image_search_loaders
+        from hnas_fast.data.imagenet import ImageOptions
+
+        options = ImageOptions(image_size=cfg.image_size) if cfg.image_size else ImageOptions()
+        if cfg.dali == "dali" and not dali_available():
+            raise ConfigError("--dali dali needs NVIDIA DALI (pip install nvidia-dali-cuda130); "
+                              "--dali torchvision reads the same folder without it")
+        use_dali = cfg.dali == "dali" or (cfg.dali == "auto" and dali_available())
+        loaders = make_image_search_loaders(
+            cfg.data_dir or "", cfg.batch_size // self.ctx.world_size,
+            split=1.0 if cfg.one_level else cfg.split, seed=cfg.seed, options=options,
+            rank=self.ctx.rank, world_size=self.ctx.world_size, backend=cfg.dali,
+            # --workers is the DataLoader's worker count (0: in process) or DALI's thread count (>= 1).
+            num_threads=max(1, cfg.workers) if use_dali else cfg.workers,
+            device=self.device, validate=cfg.image_validate,
+        )
+        self.train_loader, self.val_loader = loaders.train, loaders.val
+        self.image_size = options.image_size
+        self.bad_files, self.image_backend = loaders.bad, loaders.backend
+        return loaders.num_classes, 3
+
+    def _new_run_dir(self, cfg: SearchConfig) -> Path:
+        """Rank 0 picks the directory (a timestamp, or a refused ``--out``) and tells the others."""
+        run_dir, error = None, None
+        if self.ctx.is_main:
+            try:
+                run_dir = new_run_dir(cfg)
+            except ConfigError as e:  # raised on every rank below, so none waits for the others
+                error = str(e)
+        run_dir, error = broadcast_object((run_dir, error), self.ctx)
+        if error is not None:
+            raise ConfigError(error)
+        assert run_dir is not None
+        return run_dir
 
     @staticmethod
     def _stored_config(run_dir: Path, cli: SearchConfig) -> SearchConfig:
@@ -264,25 +395,34 @@ class SearchRun:
                 raise FileNotFoundError(f"cannot resume {run_dir}: no {name} there")
         stored = config_from_dict(json.loads((run_dir / "config.json").read_text()))
         # Run-control settings come from this invocation; everything that shapes the result is stored.
-        stored.max_steps, stored.quiet = cli.max_steps, cli.quiet
+        stored.max_steps, stored.quiet, stored.check_sync = cli.max_steps, cli.quiet, cli.check_sync
         return stored
 
     # -------------------------------------------------------------------------------------------- state
     def _checkpoint(self) -> None:
+        """Save the run's state (rank 0 writes; every rank takes part and waits for the file)."""
+        # BatchNorm running statistics are the only per-rank state: save (and go on with) rank 0's.
+        broadcast_buffers(self.model, self.ctx)
+        if self.cfg.check_sync:
+            assert_identical(self.model.parameters(), self.ctx, "weights and alphas")
+        loaders = self._loaders() if self._resumable else {}
         state = {
-            "format": CHECKPOINT_FORMAT,
+            "format": CHECKPOINT_FORMAT, "world_size": self.ctx.world_size,
             "epoch": self.pos.epoch, "step_in_epoch": self.pos.step_in_epoch,
             "global_step": self.pos.global_step, "val_step": self.pos.val_step, "elapsed": self.pos.elapsed,
             "epoch_sums": dict(self.pos.sums), "epoch_n": self.pos.n,
             "model": self.model.state_dict(),
             "strategy": self.strategy.state_dict(),
             "rng": capture_rng(),
-            "samplers": {k: sampler_of(dl).state_dict() for k, dl in self._loaders().items()},
-            "loader_generators": {k: dl.generator.get_state() for k, dl in self._loaders().items()},
+            "samplers": {k: sampler_of(dl).state_dict() for k, dl in loaders.items()},
+            "loader_generators": {k: dl.generator.get_state() for k, dl in loaders.items()},
             "log_lines": {"log": self.log.lines, "alphas": self.alphas_log.lines},
             "genotype": genotype_to_json(self.model.genotype(self.cfg.ranking), self.cfg.ranking),
         }
-        atomic_torch_save(state, self.run_dir / CHECKPOINT)
+        if self.ctx.is_main:
+            atomic_torch_save(state, self.run_dir / CHECKPOINT)
+        if self.ctx.distributed:
+            dist.barrier()  # no rank runs ahead of (or, at the end, exits before) the saved file
 
     def _loaders(self) -> dict[str, DataLoader]:
         out = {"train": self.train_loader}
@@ -297,8 +437,15 @@ class SearchRun:
         self.strategy.load_state_dict(state["strategy"])
         self.pos = _Position(state["epoch"], state["step_in_epoch"], state["global_step"], state["val_step"],
                              state["elapsed"], dict(state["epoch_sums"]), state["epoch_n"])
-        bs = self.cfg.batch_size
-        for k, dl in self._loaders().items():
+        self.stored_world_size = int(state.get("world_size", 1))
+        self.restarted_steps = 0
+        if not self._resumable:
+            # The image pipelines start passes only at their beginning: replay the interrupted epoch whole.
+            # global_step goes on counting (it is the number of optimizer steps taken).
+            self.restarted_steps = self.pos.step_in_epoch
+            self.pos.step_in_epoch, self.pos.val_step, self.pos.sums, self.pos.n = 0, 0, {}, 0
+        bs = self.cfg.batch_size  # global: the samplers skip samples of the permutation all ranks share
+        for k, dl in (self._loaders() if self._resumable else {}).items():
             dl.generator.set_state(state["loader_generators"][k])
             # Replay the interrupted pass from where it stopped (a finished epoch resumes at a new pass).
             if k == "train":
@@ -316,9 +463,19 @@ class SearchRun:
             return None
         for _ in range(2):  # at most one new pass
             if self._val_iter is None:
+                sampler = getattr(self.val_loader, "sampler", None)
+                if hasattr(sampler, "set_epoch"):  # torchvision image path: a new order per pass
+                    sampler.set_epoch(self._val_passes)
+                self._val_passes += 1
                 self._val_iter = iter(self.val_loader)
                 self.pos.val_step = 0 if not self._val_resumed else self.pos.val_step
                 self._val_resumed = False
+            # A pass ends after the same number of batches on every rank (a longer shard drops its last),
+            # also when a resume on another process count finds the replayed pass already used up.
+            if self.pos.val_step >= self._val_steps:
+                _finish_pass(self._val_iter)
+                self._val_iter = None
+                continue
             try:
                 batch = next(self._val_iter)
                 self.pos.val_step += 1
@@ -329,6 +486,8 @@ class SearchRun:
 
     def _write_outputs(self) -> Genotype:
         g = self.model.genotype(self.cfg.ranking)
+        if not self.ctx.is_main:
+            return g
         atomic_write_text(self.run_dir / "genotype.json",
                           json.dumps(genotype_to_json(g, self.cfg.ranking), indent=1) + "\n")
         atomic_write_text(self.run_dir / "genotype.txt", genotype_to_str(g) + "\n")
@@ -355,28 +514,42 @@ class SearchRun:
             torch.use_deterministic_algorithms(prev)
 
     def _run(self) -> SearchResult:
-        cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.log = JsonlLog(self.run_dir / "log.jsonl")
-        self.alphas_log = JsonlLog(self.run_dir / "alphas.jsonl")
+        cfg, ctx = self.cfg, self.ctx
+        if ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log = JsonlLog(self.run_dir / "log.jsonl", enabled=ctx.is_main)
+        self.alphas_log = JsonlLog(self.run_dir / "alphas.jsonl", enabled=ctx.is_main)
         self._val_iter = None
         self._val_resumed = False
+        self._val_passes = 0
+        self._val_steps = equal_steps(len(self.val_loader), ctx) if self.val_loader is not None else 0
         if self._resume_state is not None:
             self._restore(self._resume_state)
             self._val_resumed = True
-            self.log.write({"type": "resume", "step": self.pos.global_step, "epoch": self.pos.epoch,
-                            "threads": torch.get_num_threads()})
+            record = {"type": "resume", "step": self.pos.global_step, "epoch": self.pos.epoch,
+                      "threads": torch.get_num_threads(), "world_size": ctx.world_size,
+                      "reshard": self.stored_world_size != ctx.world_size}
+            if self.restarted_steps:
+                record["restarted_steps"] = self.restarted_steps
+            self.log.write(record)
         else:
-            atomic_write_text(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1) + "\n")
+            if ctx.is_main:
+                atomic_write_text(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1) + "\n")
             # Bitwise reproducibility on the CPU also needs the same thread count: it is logged.
-            self.log.write({"type": "start", "step": 0, "device": str(self.device),
-                            "threads": torch.get_num_threads(),
-                            "space": self.space.name, "ops": list(self.space.ops),
-                            "train_size": len(sampler_of(self.train_loader)),
-                            "val_size": len(sampler_of(self.val_loader)) if self.val_loader else 0})
+            record = {"type": "start", "step": 0, "device": str(self.device),
+                      "threads": torch.get_num_threads(), "world_size": ctx.world_size,
+                      "space": self.space.name, "ops": list(self.space.ops),
+                      "train_size": _part_size(self.train_loader),
+                      "val_size": _part_size(self.val_loader) if self.val_loader is not None else 0}
+            if cfg.data == "imagenet":
+                record.update(image_backend=self.image_backend, bad_files=len(self.bad_files))
+            self.log.write(record)
             self.alphas_log.write({"epoch": 0, "step": 0, "alphas": _softmaxed_alphas(self.model)})
             self._checkpoint()
-        steps_per_epoch = len(self.train_loader)
+        # Every rank must take the same number of steps, or a gradient all-reduce waits forever.
+        steps_per_epoch = equal_steps(len(self.train_loader), ctx)
+        if steps_per_epoch == 0:
+            raise ValueError("the training loader yields no batches on some process")
         stopped = False
         try:
             from tqdm import tqdm
@@ -385,10 +558,20 @@ class SearchRun:
                 t_epoch = time.perf_counter()
                 bar = tqdm(total=steps_per_epoch, initial=self.pos.step_in_epoch, leave=False,
                            desc=f"epoch {self.pos.epoch + 1}/{cfg.epochs}",
-                           disable=not _progress_enabled(cfg))
-                for batch in self.train_loader:
+                           disable=not (ctx.is_main and _progress_enabled(cfg)))
+                sampler = getattr(self.train_loader, "sampler", None)
+                if hasattr(sampler, "set_epoch"):  # torchvision image path: a new order per epoch
+                    sampler.set_epoch(self.pos.epoch)
+                batches = iter(self.train_loader)
+                while self.pos.step_in_epoch < steps_per_epoch:
+                    batch = next(batches, None)
+                    # A shard that ran dry on any rank ends the epoch on all of them (same collectives).
+                    if not _all_true(batch is not None, ctx):
+                        break
                     t0 = time.perf_counter()
-                    metrics = self.strategy.step(batch, self._next_val())
+                    metrics = _mean_over_ranks(self.strategy.step(batch, self._next_val()), ctx)
+                    if cfg.check_sync:
+                        assert_identical(self.model.arch_parameters(), ctx, "alphas")
                     dt = time.perf_counter() - t0
                     self.pos.step_in_epoch += 1
                     self.pos.global_step += 1
@@ -406,6 +589,8 @@ class SearchRun:
                     if self.pos.global_step % cfg.checkpoint_every == 0:
                         self._checkpoint()
                 bar.close()
+                if not stopped:
+                    _finish_pass(batches)
                 if stopped:
                     self.log.write({"type": "stop", "step": self.pos.global_step, "reason": "max_steps"})
                     self._checkpoint()
@@ -418,7 +603,7 @@ class SearchRun:
                                 "elapsed": round(self.pos.elapsed, 3), "genotype": genotype_to_str(g)})
                 self.alphas_log.write({"epoch": self.pos.epoch + 1, "step": self.pos.global_step,
                                        "alphas": _softmaxed_alphas(self.model)})
-                if not cfg.quiet:
+                if ctx.is_main and not cfg.quiet:
                     print(f"epoch {self.pos.epoch + 1}/{cfg.epochs}: " +
                           " ".join(f"{k}={v:.4g}" for k, v in means.items() if k != "lr"), file=sys.stderr)
                 self.pos.epoch += 1
