@@ -25,11 +25,14 @@ class SearchCell(nn.Module):
     the previous cell halved the resolution). Node i sums a mixed edge from every earlier state; the
     output concatenates the last ``multiplier`` nodes (``multiplier * C`` channels). In a reduction cell
     the edges leaving the two inputs have stride 2. All BatchNorms are non-affine, as in DARTS search.
+
+    ``ops`` is one op list shared by every edge (DARTS), or one list per edge (StacNAS stage 2, where each
+    edge mixes the members of its own winning group).
     """
 
     def __init__(
         self,
-        ops: Sequence[str],
+        ops: Sequence[str] | Sequence[Sequence[str]],
         C_prev_prev: int,
         C_prev: int,
         C: int,
@@ -46,7 +49,13 @@ class SearchCell(nn.Module):
         self.reduction = reduction
         self.nodes = nodes
         self.multiplier = multiplier
-        self.ops = tuple(ops)
+        per_edge = len(ops) > 0 and not isinstance(ops[0], str)
+        self.edge_ops = (tuple(tuple(e) for e in ops) if per_edge
+                         else (tuple(ops),) * num_cell_edges(nodes))
+        if len(self.edge_ops) != num_cell_edges(nodes):
+            raise ValueError(f"{len(self.edge_ops)} edge op lists for {nodes} nodes "
+                             f"(expected {num_cell_edges(nodes)})")
+        self.ops = self.edge_ops[0] if not per_edge else None
         if reduction_prev:
             self.preprocess0: nn.Module = FactorizedReduce(C_prev_prev, C, affine=False)
         else:
@@ -56,7 +65,8 @@ class SearchCell(nn.Module):
         for i in range(nodes):
             for j in range(i + 2):
                 stride = 2 if reduction and j < 2 else 1
-                candidates = [build_op(name, C, stride, affine=False, search=True) for name in self.ops]
+                names = self.edge_ops[len(self.edges)]
+                candidates = [build_op(name, C, stride, affine=False, search=True) for name in names]
                 self.edges.append(MixedOp(candidates, memory_saving=memory_saving, backend=mixed_backend))
 
     @property
@@ -64,8 +74,9 @@ class SearchCell(nn.Module):
         """Mixed edges in the cell (rows of its weight matrix)."""
         return len(self.edges)
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """``weights``: ``[num_edges, len(ops)]``, already softmaxed (row e weights edge e)."""
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor | Sequence[torch.Tensor]
+                ) -> torch.Tensor:
+        """``weights[e]``: edge e's softmaxed weights (rows of ``[num_edges, len(ops)]``, or a list)."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for _ in range(self.nodes):

@@ -70,8 +70,8 @@ class Supernet(nn.Module):
                 C_curr *= 2
             self.cells.append(
                 SearchCell(
-                    space.ops, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, nodes, multiplier,
-                    memory_saving=memory_saving, mixed_backend=mixed_backend,
+                    self._cell_ops(reduction), C_prev_prev, C_prev, C_curr, reduction, reduction_prev, nodes,
+                    multiplier, memory_saving=memory_saving, mixed_backend=mixed_backend,
                 )
             )
             reduction_prev = reduction
@@ -83,6 +83,10 @@ class Supernet(nn.Module):
         k = space.num_ops
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(self.num_edges, k))
         self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(self.num_edges, k))
+
+    def _cell_ops(self, reduction: bool) -> Sequence[str] | Sequence[Sequence[str]]:
+        """The op list(s) of a cell's edges: the space's ops on every edge (subclasses vary it per edge)."""
+        return self.space.ops
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """``[alphas_normal, alphas_reduce]``."""
@@ -108,6 +112,10 @@ class Supernet(nn.Module):
         """Logits for ``x``; ``weights`` (normal, reduce) overrides :meth:`edge_weights` (e.g. for
         sampled or hardened edges)."""
         w_normal, w_reduce = self.edge_weights() if weights is None else weights
+        return self._forward_cells(x, w_normal, w_reduce)
+
+    def _forward_cells(self, x: torch.Tensor, w_normal: torch.Tensor | Sequence[torch.Tensor],
+                       w_reduce: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)

@@ -45,15 +45,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from hnas_fast.nn.cell import num_cell_edges
-from hnas_fast.nn.mixed_op import MixedOp
-from hnas_fast.nn.operations import FactorizedReduce, ReLUConvBN, build_op
-from hnas_fast.nn.supernet import Supernet, build_supernet, default_reductions
+from hnas_fast.nn.supernet import Supernet, build_supernet
 from hnas_fast.search.genotype import Genotype, derive_genotype, genotype_to_json, genotype_to_str
 from hnas_fast.spaces import NONE, SearchSpace
 
 __all__ = [
     "PARAMETER_FREE_OPS",
-    "EdgeCell",
     "StacNASConfig",
     "StacNASResult",
     "StageTwoSupernet",
@@ -73,58 +70,11 @@ PARAMETER_FREE_OPS = frozenset({"skip_connect", "max_pool_3x3", "avg_pool_3x3", 
 
 
 # ------------------------------------------------------------------------------------------ stage 2 net
-class EdgeCell(nn.Module):
-    """A search cell whose edge ``e`` mixes its own op list ``edge_ops[e]`` (StacNAS stage 2).
-
-    Same structure, attribute names and BatchNorm settings as
-    :class:`~hnas_fast.nn.cell.SearchCell` (non-affine BN, stride 2 on the input edges of a reduction
-    cell), so state-dict keys of the preprocessing line up with the stage-1 supernet.
-    """
-
-    def __init__(
-        self, edge_ops: Sequence[Sequence[str]], C_prev_prev: int, C_prev: int, C: int, reduction: bool,
-        reduction_prev: bool, nodes: int = 4, multiplier: int = 4, memory_saving: bool = False,
-        mixed_backend: str | None = None,
-    ) -> None:
-        super().__init__()
-        if len(edge_ops) != num_cell_edges(nodes):
-            raise ValueError(f"{len(edge_ops)} edge op lists for {nodes} nodes "
-                             f"(expected {num_cell_edges(nodes)})")
-        if not 1 <= multiplier <= nodes:
-            raise ValueError(f"multiplier must be in 1..{nodes}, got {multiplier}")
-        self.reduction = reduction
-        self.nodes = nodes
-        self.multiplier = multiplier
-        self.edge_ops = tuple(tuple(ops) for ops in edge_ops)
-        if reduction_prev:
-            self.preprocess0: nn.Module = FactorizedReduce(C_prev_prev, C, affine=False)
-        else:
-            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
-        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
-        self.edges = nn.ModuleList()
-        e = 0
-        for i in range(nodes):
-            for j in range(i + 2):
-                stride = 2 if reduction and j < 2 else 1
-                candidates = [build_op(name, C, stride, affine=False, search=True)
-                              for name in self.edge_ops[e]]
-                self.edges.append(MixedOp(candidates, memory_saving=memory_saving, backend=mixed_backend))
-                e += 1
-
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``weights[e]``: the softmaxed weights of edge ``e``'s own candidates."""
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
-        offset = 0
-        for _ in range(self.nodes):
-            s = sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
-            offset += len(states)
-            states.append(s)
-        return torch.cat(states[-self.multiplier:], dim=1)
-
-
-class StageTwoSupernet(nn.Module):
+class StageTwoSupernet(Supernet):
     """The StacNAS stage-2 supernet: per-edge candidate lists, alphas over the original space's ops.
 
+    The cells are ordinary :class:`~hnas_fast.nn.cell.SearchCell` s given one op list per edge, so the
+    stem, preprocessing and candidate modules have the stage-1 supernet's names and settings.
     ``alphas_normal``/``alphas_reduce`` are ``[num_edges, len(space.ops)]`` so their columns line up with
     the original space (and with stage 1); ops absent from an edge are masked to ``-inf`` before the
     softmax, so they get zero weight and no gradient, and never win in :meth:`genotype`.
@@ -141,46 +91,14 @@ class StageTwoSupernet(nn.Module):
         stem_multiplier: int = 3, in_channels: int = 3, memory_saving: bool = False,
         mixed_backend: str | None = None, reduction_at: Sequence[int] | None = None,
     ) -> None:
-        super().__init__()
-        if cells < 1:
-            raise ValueError(f"cells must be >= 1, got {cells}")
-        self.space = space
-        self.num_cells = cells
-        self.channels = channels
-        self.num_classes = num_classes
-        self.nodes = nodes
-        self.multiplier = multiplier
-        self.num_edges = num_cell_edges(nodes)
-        self.normal_ops = self._check_ops(normal_ops, "normal")
-        self.reduce_ops = self._check_ops(reduce_ops, "reduce")
-        red = default_reductions(cells) if reduction_at is None else reduction_at
-        self.reduction_at = tuple(sorted({int(i) for i in red}))
-        bad = [i for i in self.reduction_at if not 0 <= i < cells]
-        if bad:
-            raise ValueError(f"reduction_at {bad} outside 0..{cells - 1}")
-
-        C_curr = stem_multiplier * channels
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(C_curr))
-        C_prev_prev, C_prev, C_curr = C_curr, C_curr, channels
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        for i in range(cells):
-            reduction = i in self.reduction_at
-            if reduction:
-                C_curr *= 2
-            self.cells.append(EdgeCell(
-                self.reduce_ops if reduction else self.normal_ops, C_prev_prev, C_prev, C_curr, reduction,
-                reduction_prev, nodes, multiplier, memory_saving=memory_saving, mixed_backend=mixed_backend,
-            ))
-            reduction_prev = reduction
-            C_prev_prev, C_prev = C_prev, multiplier * C_curr
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(C_prev, num_classes)
-
+        # Supernet builds the cells through _cell_ops, so the per-edge lists must exist before it runs.
+        self._edge_ops = {False: self._check_ops(space, normal_ops, nodes, "normal"),
+                          True: self._check_ops(space, reduce_ops, nodes, "reduce")}
+        super().__init__(space, cells=cells, channels=channels, num_classes=num_classes, nodes=nodes,
+                         multiplier=multiplier, stem_multiplier=stem_multiplier, in_channels=in_channels,
+                         memory_saving=memory_saving, mixed_backend=mixed_backend, reduction_at=reduction_at)
+        self.normal_ops, self.reduce_ops = self._edge_ops[False], self._edge_ops[True]
         k = space.num_ops
-        self.alphas_normal = nn.Parameter(1e-3 * torch.randn(self.num_edges, k))
-        self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(self.num_edges, k))
         for which, ops in (("normal", self.normal_ops), ("reduce", self.reduce_ops)):
             mask = torch.zeros(self.num_edges, k, dtype=torch.bool)
             for e, edge in enumerate(ops):
@@ -191,29 +109,25 @@ class StageTwoSupernet(nn.Module):
                 self.register_buffer(f"cols_{which}_{e}", torch.tensor([space.index(op) for op in edge]),
                                      persistent=False)
 
-    def _check_ops(self, edge_ops: Sequence[Sequence[str]], which: str) -> tuple[tuple[str, ...], ...]:
+    def _cell_ops(self, reduction: bool) -> tuple[tuple[str, ...], ...]:
+        return self._edge_ops[reduction]
+
+    @staticmethod
+    def _check_ops(space: SearchSpace, edge_ops: Sequence[Sequence[str]], nodes: int,
+                   which: str) -> tuple[tuple[str, ...], ...]:
         ops = tuple(tuple(e) for e in edge_ops)
-        if len(ops) != self.num_edges:
-            raise ValueError(f"{which}: {len(ops)} edge op lists, expected {self.num_edges}")
-        order = {op: i for i, op in enumerate(self.space.ops)}
+        if len(ops) != num_cell_edges(nodes):
+            raise ValueError(f"{which}: {len(ops)} edge op lists, expected {num_cell_edges(nodes)}")
+        order = {op: i for i, op in enumerate(space.ops)}
         for e, edge in enumerate(ops):
             if not any(op != NONE for op in edge):
                 raise ValueError(f"{which} edge {e} holds no op other than 'none': {list(edge)}")
             for op in edge:
-                self.space.index(op)
+                space.index(op)
             if len(set(edge)) != len(edge):
                 raise ValueError(f"{which} edge {e} repeats an op: {list(edge)}")
         # Keep the space's order inside an edge: alpha columns and candidates then agree everywhere.
         return tuple(tuple(sorted(edge, key=order.__getitem__)) for edge in ops)
-
-    def arch_parameters(self) -> list[nn.Parameter]:
-        """``[alphas_normal, alphas_reduce]``."""
-        return [self.alphas_normal, self.alphas_reduce]
-
-    def weight_parameters(self) -> list[nn.Parameter]:
-        """Every parameter except the architecture logits."""
-        arch = {id(p) for p in self.arch_parameters()}
-        return [p for p in self.parameters() if id(p) not in arch]
 
     def masked_alphas(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The logits with ops absent from an edge set to ``-inf``."""
@@ -233,11 +147,8 @@ class StageTwoSupernet(nn.Module):
     ) -> torch.Tensor:
         """Logits; ``weights`` (normal, reduce), ``[num_edges, len(space.ops)]``, overrides the softmax."""
         w_normal, w_reduce = self.edge_weights() if weights is None else weights
-        rows_n, rows_r = self._edge_rows(w_normal, "normal"), self._edge_rows(w_reduce, "reduce")
-        s0 = s1 = self.stem(x)
-        for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, rows_r if cell.reduction else rows_n)
-        return self.classifier(self.global_pooling(s1).flatten(1))
+        rows_normal, rows_reduce = self._edge_rows(w_normal, "normal"), self._edge_rows(w_reduce, "reduce")
+        return self._forward_cells(x, rows_normal, rows_reduce)
 
     def genotype(self, ranking: str = "logit") -> Genotype:
         """The discrete cell in the original space's op names (masked ops can never be chosen)."""
@@ -278,9 +189,8 @@ def _named_modules_by_op(model: nn.Module) -> dict[str, nn.Module]:
         tag = f"cells.{i}.{'r' if cell.reduction else 'n'}.{type(cell.preprocess0).__name__}"
         out[f"{tag}.preprocess0"] = cell.preprocess0
         out[f"{tag}.preprocess1"] = cell.preprocess1
-        names = cell.edge_ops if hasattr(cell, "edge_ops") else [cell.ops] * len(cell.edges)
         for e, edge in enumerate(cell.edges):
-            for op, mod in zip(names[e], edge.candidates):
+            for op, mod in zip(cell.edge_ops[e], edge.candidates):
                 out[f"{tag}.edges.{e}.{op}"] = mod
     return out
 
