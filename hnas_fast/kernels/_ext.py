@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import torch
 
 _UNSET = object()
 _ext: Any = _UNSET
+_registered: set[str] = set()
 
 
 def load_extension() -> Any | None:
@@ -32,3 +36,18 @@ def build_info() -> dict[str, Any]:
     if ext is None:
         return {"built": False}
     return {"built": True, **ext.build_info()}
+
+
+def register_compiled_op(name: str, fakes: dict[str, Callable[..., Any]], backward: Callable[..., Any],
+                         setup_context: Callable[..., None]) -> bool:
+    """Attach fake kernels (``fakes``: op name -> fake) and autograd to the compiled op
+    ``hnas_fast::<name>``, once; ``False`` when the extension (and so the op) does not exist."""
+    if name in _registered:
+        return True
+    if load_extension() is None:
+        return False
+    for op, fake in fakes.items():
+        torch.library.register_fake(f"hnas_fast::{op}")(fake)
+    torch.library.register_autograd(f"hnas_fast::{name}", backward, setup_context=setup_context)
+    _registered.add(name)
+    return True

@@ -11,12 +11,6 @@
 #include "../../common/grad_gram_math.h"
 #include "../grad_gram.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define HNAS_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define HNAS_CPU_CLONES
-#endif
-
 namespace hnas_fast {
 namespace {
 

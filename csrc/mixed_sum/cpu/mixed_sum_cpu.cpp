@@ -11,13 +11,6 @@
 #include "../../common/mixed_sum_math.h"
 #include "../mixed_sum.h"
 
-// Compile the hot loops for AVX-512 and AVX2 too; the loader picks the best at run time.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define HNAS_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define HNAS_CPU_CLONES
-#endif
-
 namespace hnas_fast {
 namespace {
 

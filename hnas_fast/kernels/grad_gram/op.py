@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from hnas_fast.kernels._ext import load_extension
+from hnas_fast.kernels._ext import register_compiled_op
 from hnas_fast.kernels.backend import resolve_backend
 from hnas_fast.kernels.grad_gram.reference import grad_gram_reference
 
@@ -56,19 +56,9 @@ def _fake(grads):
     return grads[0].new_empty((m, m), dtype=torch.float64)
 
 
-_REGISTERED = False
-
-
 def _register_cpp() -> bool:
-    global _REGISTERED
-    if _REGISTERED:
-        return True
-    if load_extension() is None:
-        return False
-    torch.library.register_fake("hnas_fast::grad_gram")(_fake)
-    torch.library.register_autograd("hnas_fast::grad_gram", _backward, setup_context=_setup_context)
-    _REGISTERED = True
-    return True
+    """Attach autograd and the fake kernel to the compiled op (once); False without the extension."""
+    return register_compiled_op("grad_gram", {"grad_gram": _fake}, _backward, _setup_context)
 
 
 @torch.library.custom_op("hnas_fast::grad_gram_triton", mutates_args=())

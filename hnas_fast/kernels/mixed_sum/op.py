@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from hnas_fast.kernels._ext import load_extension
+from hnas_fast.kernels._ext import register_compiled_op
 from hnas_fast.kernels.backend import resolve_backend
 from hnas_fast.kernels.mixed_sum.reference import mixed_sum_reference
 
@@ -89,22 +89,11 @@ def _fake_backward(grad_out, ys, weights, need_ys_grad, need_weights_grad):
     return grad_ys, torch.empty_like(weights)
 
 
-_REGISTERED = False
-
-
 def _register_cpp() -> bool:
     """Attach autograd and fake kernels to the compiled op (once); False without the extension."""
-    global _REGISTERED
-    if _REGISTERED:
-        return True
-    if load_extension() is None:
-        return False
-    torch.library.register_fake("hnas_fast::mixed_sum")(_fake_forward)
-    torch.library.register_fake("hnas_fast::mixed_sum_backward")(_fake_backward)
-    backward = _make_backward(torch.ops.hnas_fast.mixed_sum_backward)
-    torch.library.register_autograd("hnas_fast::mixed_sum", backward, setup_context=_setup_context)
-    _REGISTERED = True
-    return True
+    return register_compiled_op(
+        "mixed_sum", {"mixed_sum": _fake_forward, "mixed_sum_backward": _fake_backward},
+        _make_backward(lambda *args: torch.ops.hnas_fast.mixed_sum_backward(*args)), _setup_context)
 
 
 # ---- Triton op ------------------------------------------------------------------------------------------
