@@ -9,7 +9,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from hnas_fast.kernels import build_info, extension_available, grad_gram, mixed_sum, mixed_sum_reference
+from hnas_fast.kernels import (
+    build_info,
+    depthwise_conv2d,
+    extension_available,
+    grad_gram,
+    mixed_sum,
+    mixed_sum_reference,
+)
 from hnas_fast.nn.mixed_op import MixedOp
 
 __version__ = "0.1.0"
@@ -26,8 +33,9 @@ _LAZY = {
     "operator_correlation": "hnas_fast.analysis.correlation",
 }
 
-__all__ = ["MixedOp", "__version__", "build_info", "extension_available", "grad_gram", "info", "mixed_sum",
-           "mixed_sum_reference", *_LAZY]
+__all__ = ["MixedOp", "__version__", "build_info", "depthwise_conv2d", "extension_available", "grad_gram",
+           "info",
+           "mixed_sum", "mixed_sum_reference", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -7,6 +7,12 @@ that parameter counts and state-dict layouts match the public code.
 A factory is ``(C, stride, affine) -> nn.Module``. In the *search* network DARTS follows every pooling
 candidate with ``BatchNorm2d(C, affine=False)`` (done in its ``MixedOp``); here that is the
 ``search=True`` flag of :func:`build_op`, so the final network gets the plain pools.
+
+``SepConv`` and ``DilConv`` run each ReLU → depthwise pair as one fused op
+(:func:`hnas_fast.kernels.depthwise_conv2d` with ``relu_input=True``) unless their backend resolves to
+``reference`` (``backend=`` on the module, or ``HNAS_FAST_BACKEND=reference``), which runs ``self.op`` as
+DARTS does. Their modules and state-dict keys are DARTS's either way; only the forward differs (hooks on
+the ReLU or depthwise submodules do not fire on the fused path).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from hnas_fast.kernels.depthwise import depthwise_conv2d, resolve_depthwise_backend
 
 OpFactory = Callable[[int, int, bool], nn.Module]
 
@@ -33,6 +41,7 @@ __all__ = [
     "get_op",
     "needs_search_bn",
     "register_op",
+    "relu_depthwise",
     "unregister_op",
 ]
 
@@ -88,8 +97,10 @@ class DilConv(nn.Module):
         padding: int,
         dilation: int,
         affine: bool = True,
+        backend: str | None = None,
     ) -> None:
         super().__init__()
+        self.backend = backend  # the depthwise op's backend; None: HNAS_FAST_BACKEND, else the compiled op
         self.op = nn.Sequential(
             nn.ReLU(inplace=False),
             nn.Conv2d(
@@ -101,16 +112,22 @@ class DilConv(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)
+        backend = getattr(self, "backend", None)
+        if _use_reference(backend, x):
+            return self.op(x)
+        op = self.op
+        return op[3](op[2](relu_depthwise(x, op[1], backend)))
 
 
 class SepConv(nn.Module):
     """Twice [ReLU → depthwise k×k → pointwise 1×1 → BatchNorm]; the stride is in the first."""
 
     def __init__(
-        self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int, affine: bool = True
+        self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int, affine: bool = True,
+        backend: str | None = None,
     ) -> None:
         super().__init__()
+        self.backend = backend  # the depthwise op's backend; None: HNAS_FAST_BACKEND, else the compiled op
         # One flat Sequential (op.0 … op.7) as in DARTS, so the public code's state dicts load as they are.
         self.op = nn.Sequential(
             nn.ReLU(inplace=False),
@@ -124,7 +141,23 @@ class SepConv(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)
+        backend = getattr(self, "backend", None)
+        if _use_reference(backend, x):
+            return self.op(x)
+        op = self.op
+        y = op[3](op[2](relu_depthwise(x, op[1], backend)))
+        return op[7](op[6](relu_depthwise(y, op[5], backend)))
+
+
+def _use_reference(backend: str | None, x: torch.Tensor) -> bool:
+    return resolve_depthwise_backend(backend, x.device) == "reference"
+
+
+def relu_depthwise(x: torch.Tensor, conv: nn.Conv2d, backend: str | None = None) -> torch.Tensor:
+    """``conv(relu(x))`` for a depthwise ``nn.Conv2d`` (groups = channels, square odd kernel, symmetric
+    stride/padding/dilation, no bias) as one fused :func:`~hnas_fast.kernels.depthwise_conv2d`."""
+    return depthwise_conv2d(x, conv.weight, conv.stride[0], conv.padding[0], conv.dilation[0],
+                            relu_input=True, backend=backend)
 
 
 class FactorizedReduce(nn.Module):

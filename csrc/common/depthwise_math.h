@@ -1,0 +1,37 @@
+// Geometry and per-element math of the depthwise (dilated, strided) convolution with an optional fused
+// input ReLU, shared by the CPU kernel and the CUDA kernel to come:
+//
+//   r[n, c, i, j]   = relu(x[n, c, i, j])            (x itself when relu_input = false)
+//   out[n, c, o, q] = sum_{kh, kw} w[c, kh, kw] * r[n, c, o*s - p + kh*d, q*s - p + kw*d]   (zero padding)
+//
+// and, with g = dL/dout,
+//   dw[c, kh, kw]   = sum_{n, o, q} g[n, c, o, q] * r[n, c, o*s - p + kh*d, q*s - p + kw*d]
+//   dx[n, c, i, j]  = relu'(x[n, c, i, j]) * sum over the taps (o, q, kh, kw) that read (i, j) of w * g
+// with relu'(v) = 0 where v <= 0 and 1 elsewhere (a NaN passes), as torch's threshold_backward.
+#pragma once
+
+#include <cstdint>
+
+#include "macros.h"
+
+namespace hnas_fast {
+
+// Output extent of a dilated, strided, zero-padded window along one axis (as torch's conv2d).
+HNAS_HOST_DEVICE int64_t conv_out_size(int64_t in, int64_t kernel, int64_t stride, int64_t padding,
+                                       int64_t dilation) {
+  return (in + 2 * padding - dilation * (kernel - 1) - 1) / stride + 1;
+}
+
+// The input as the convolution reads it: torch.relu's semantics (a NaN stays NaN).
+template <typename acc>
+HNAS_HOST_DEVICE acc relu_if(acc v, bool relu) {
+  return (relu && v < acc(0)) ? acc(0) : v;
+}
+
+// The ReLU's gradient mask (torch's threshold_backward: 0 where v <= 0, the gradient elsewhere).
+template <typename acc>
+HNAS_HOST_DEVICE acc relu_grad_if(acc grad, acc v, bool relu) {
+  return (relu && v <= acc(0)) ? acc(0) : grad;
+}
+
+}  // namespace hnas_fast
