@@ -11,6 +11,7 @@ from hnas_fast.nn.operations import FactorizedReduce, Identity, ReLUConvBN, Zero
 from hnas_fast.nn.supernet import Supernet, build_supernet, default_reductions
 from hnas_fast.search.genotype import Genotype, validate_genotype
 from hnas_fast.spaces import get_space
+from tests.helpers import rel_err
 
 
 def test_darts_search_model_size() -> None:
@@ -102,16 +103,19 @@ def test_other_spaces_and_stage_spaces(seed: int, space: str) -> None:
 
 
 def test_backends_agree(seed: int) -> None:
+    """The fused path (memory saving, fused mixed sum and depthwise ops) against the plain-PyTorch path run in
+    float64, by design.md's rule; 1e-4 because the fused kernels sum in a different order."""
     torch.manual_seed(seed)
-    ref = build_supernet("s5", cells=3, channels=4, mixed_backend="reference")
+    ref = build_supernet("s5", cells=3, channels=4, mixed_backend="reference").double()
     torch.manual_seed(seed)
     auto = build_supernet("s5", cells=3, channels=4, memory_saving=True)
     x = torch.randn(2, 3, 8, 8)
-    y_ref, y = ref(x), auto(x)
-    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
-    y_ref.sum().backward()
-    y.sum().backward()
-    torch.testing.assert_close(auto.alphas_normal.grad, ref.alphas_normal.grad, rtol=1e-4, atol=1e-7)
+    y_ref, y = ref(x.double()), auto(x)
+    assert rel_err(y, y_ref) <= 1e-5
+    y_ref.square().sum().backward()
+    y.square().sum().backward()
+    for (name, p), p_ref in zip(auto.named_parameters(), ref.parameters()):
+        assert p.grad is not None and rel_err(p.grad, p_ref.grad) <= 1e-4, name
 
 
 def test_bad_arguments() -> None:

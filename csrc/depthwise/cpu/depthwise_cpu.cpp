@@ -4,9 +4,11 @@
 // vector). Its input is copied once, ReLU'd, into a zero-padded channels-last plane (rows x cols pixels of
 // L lanes), so every tap of any kernel size, dilation and stride is a vector load at a constant offset and
 // nothing in the inner loops tests a border. Forward keeps a few output pixels in registers across the
-// taps. Backward makes one pass over the output gradient: each tap adds gradient x input into the weight
-// gradient and scatters weight x gradient into a padded input-gradient plane, whose interior is then
-// masked by the ReLU's gradient (recomputed from x) and written out. Only x and the weight are needed.
+// taps. Backward loads the item's output gradient once, into a zero-padded plane, and from it computes
+// both gradients: the weight gradient (gradient x input, per tap) and the input gradient as a gather, one
+// stride phase at a time (depthwise_math.h), with the same register-blocked stencil as the forward, so no
+// read-modify-write of an input-gradient plane is ever needed. The ReLU's gradient is recomputed from x
+// when the input gradient is written out. Only x and the weight are saved.
 //
 // Determinism: each (sample, block) item is computed by one thread in a fixed order, and its weight-
 // gradient partial (double, flushed from float after every output row) is summed over samples in sample
@@ -37,15 +39,35 @@ struct Vec;
 template <>
 struct Vec<float> {
   typedef float type __attribute__((vector_size(64)));
+  typedef int32_t mask __attribute__((vector_size(64)));
   static constexpr int64_t L = 16;
 };
 template <>
 struct Vec<double> {
   typedef double type __attribute__((vector_size(64)));
+  typedef int64_t mask __attribute__((vector_size(64)));
   static constexpr int64_t L = 8;
 };
 template <typename T>
 using vec = typename Vec<T>::type;
+template <typename T>
+using vmask = typename Vec<T>::mask;
+
+// Lanes of v where `drop` is set become +0; with bit operations, because a vector `?:` may be lowered to
+// one unpredictable branch per lane in the code built for the baseline ISA.
+template <typename T>
+DW_INLINE vec<T> zero_where(vec<T> v, vmask<T> drop) {
+  return reinterpret_cast<vec<T>>(reinterpret_cast<vmask<T>>(v) & ~drop);
+}
+// relu_if and relu_grad_if (depthwise_math.h) for a whole vector: a NaN compares false, so it passes.
+template <typename T>
+DW_INLINE vec<T> relu_vec(vec<T> v) {
+  return zero_where<T>(v, v < vec<T>{});
+}
+template <typename T>
+DW_INLINE vec<T> relu_grad_vec(vec<T> grad, vec<T> x) {
+  return zero_where<T>(grad, x <= vec<T>{});
+}
 
 template <typename T>
 DW_INLINE vec<T> ld(const T* p) {
@@ -58,10 +80,12 @@ DW_INLINE void st(T* p, vec<T> v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
-// The stencil's view of one item: a padded plane of `cols` pixels per row, tap offsets in pixels.
+// The stencil's view of one item: an input plane of `cols` pixels per row read at `stride`, tap offsets in
+// pixels, and an output of Ho x Wo pixels written at a pitch of `orow` pixels per row and `ocol` per column.
 struct Stencil {
   int64_t taps, Ho, Wo, stride, cols;
-  const int64_t* off;  // [taps]: (kh d) cols + kw d
+  const int64_t* off;  // [taps]
+  int64_t orow, ocol;
 };
 
 // out[o, q] = sum_t w[t] * plane[(o s) cols + q s + off[t]] for B consecutive output pixels.
@@ -82,8 +106,9 @@ DW_INLINE void forward_block(const acc* __restrict plane, const acc* __restrict 
       a[b] += wv * ld(p + b * step);
     }
   }
+  acc* dst = out + (o * g.orow + q * g.ocol) * L;
   for (int b = 0; b < B; ++b) {
-    st(out + (o * g.Wo + q + b) * L, a[b]);
+    st(dst + b * g.ocol * L, a[b]);
   }
 }
 
@@ -104,102 +129,54 @@ DW_INLINE void forward_stencil(const acc* __restrict plane, const acc* __restric
   }
 }
 
-// For B consecutive output pixels and every tap: gw[t] += sum_b g[b] * plane[.], dplane[.] += w[t] * g[b].
-template <typename acc, int B, bool GX, bool GW>
-DW_INLINE void backward_block(const acc* __restrict plane, const acc* __restrict grad, const acc* __restrict w,
-                              const Stencil& g, int64_t o, int64_t q, acc* __restrict dplane, acc* __restrict gw) {
+// gw[t] += sum_b grad[o, q + b] * plane[.] for B consecutive output pixels and every tap; grad rows are
+// `gpitch` pixels apart.
+template <typename acc, int B>
+DW_INLINE void weight_grad_block(const acc* __restrict plane, const acc* __restrict grad, int64_t gpitch,
+                                 const Stencil& g, int64_t o, int64_t q, acc* __restrict gw) {
   constexpr int64_t L = Vec<acc>::L;
   vec<acc> gv[B];
   for (int b = 0; b < B; ++b) {
-    gv[b] = ld(grad + (o * g.Wo + q + b) * L);
+    gv[b] = ld(grad + (o * gpitch + q + b) * L);
   }
-  const int64_t at = (o * g.stride * g.cols + q * g.stride) * L;
+  const acc* base = plane + (o * g.stride * g.cols + q * g.stride) * L;
   const int64_t step = g.stride * L;
   for (int64_t t = 0; t < g.taps; ++t) {
-    const int64_t pos = at + g.off[t] * L;
-    if constexpr (GW) {
-      // two partial chains: the sum over b is not one long dependency
-      vec<acc> s0 = vec<acc>{}, s1 = vec<acc>{};
-      for (int b = 0; b + 1 < B; b += 2) {
-        s0 += gv[b] * ld(plane + pos + b * step);
-        s1 += gv[b + 1] * ld(plane + pos + (b + 1) * step);
-      }
-      if constexpr (B % 2 == 1) {
-        s0 += gv[B - 1] * ld(plane + pos + (B - 1) * step);
-      }
-      st(gw + t * L, ld(gw + t * L) + (s0 + s1));
+    const acc* p = base + g.off[t] * L;
+    // two partial chains: the sum over b is not one long dependency
+    vec<acc> s0 = vec<acc>{}, s1 = vec<acc>{};
+    for (int b = 0; b + 1 < B; b += 2) {
+      s0 += gv[b] * ld(p + b * step);
+      s1 += gv[b + 1] * ld(p + (b + 1) * step);
     }
-    if constexpr (GX) {
-      const vec<acc> wv = ld(w + t * L);
-      for (int b = 0; b < B; ++b) {
-        acc* d = dplane + pos + b * step;
-        st(d, ld(d) + wv * gv[b]);
-      }
+    if constexpr (B % 2 == 1) {
+      s0 += gv[B - 1] * ld(p + (B - 1) * step);
     }
+    st(gw + t * L, ld(gw + t * L) + (s0 + s1));
   }
 }
 
-// One item's backward. The float weight-gradient row sums are flushed into double after every output row.
-template <typename acc, bool GX, bool GW>
-DW_INLINE void backward_stencil(const acc* __restrict plane, const acc* __restrict grad, const acc* __restrict w,
-                                const Stencil& g, acc* __restrict dplane, acc* __restrict gw_row,
-                                double* __restrict gw) {
+// One item's weight gradient. The float row sums are flushed into double after every output row.
+template <typename acc>
+DW_INLINE void weight_grad_stencil(const acc* __restrict plane, const acc* __restrict grad, int64_t gpitch,
+                                   const Stencil& g, acc* __restrict gw_row, double* __restrict gw) {
   constexpr int64_t L = Vec<acc>::L;
   for (int64_t o = 0; o < g.Ho; ++o) {
-    if constexpr (GW) {
-      std::fill(gw_row, gw_row + g.taps * L, acc(0));
-    }
+    std::fill(gw_row, gw_row + g.taps * L, acc(0));
     int64_t q = 0;
     for (; q + 8 <= g.Wo; q += 8) {
-      backward_block<acc, 8, GX, GW>(plane, grad, w, g, o, q, dplane, gw_row);
+      weight_grad_block<acc, 8>(plane, grad, gpitch, g, o, q, gw_row);
     }
     for (; q + 4 <= g.Wo; q += 4) {
-      backward_block<acc, 4, GX, GW>(plane, grad, w, g, o, q, dplane, gw_row);
+      weight_grad_block<acc, 4>(plane, grad, gpitch, g, o, q, gw_row);
     }
     for (; q < g.Wo; ++q) {
-      backward_block<acc, 1, GX, GW>(plane, grad, w, g, o, q, dplane, gw_row);
+      weight_grad_block<acc, 1>(plane, grad, gpitch, g, o, q, gw_row);
     }
-    if constexpr (GW) {
-      for (int64_t i = 0; i < g.taps * L; ++i) {
-        gw[i] += static_cast<double>(gw_row[i]);
-      }
+    for (int64_t i = 0; i < g.taps * L; ++i) {
+      gw[i] += static_cast<double>(gw_row[i]);
     }
   }
-}
-
-// Non-template entry points, so that target_clones compiles each for AVX-512, AVX2 and the baseline.
-#define HNAS_DW_ENTRY_POINTS(acc, suffix)                                                                        \
-  HNAS_CPU_CLONES void forward_stencil_##suffix(const acc* plane, const acc* w, const Stencil& g, acc* out) {   \
-    forward_stencil<acc>(plane, w, g, out);                                                                     \
-  }                                                                                                             \
-  HNAS_CPU_CLONES void backward_stencil_##suffix(const acc* plane, const acc* grad, const acc* w,               \
-                                                 const Stencil& g, acc* dplane, acc* gw_row, double* gw,        \
-                                                 bool gx, bool gwt) {                                           \
-    if (gx && gwt) {                                                                                            \
-      backward_stencil<acc, true, true>(plane, grad, w, g, dplane, gw_row, gw);                                 \
-    } else if (gx) {                                                                                            \
-      backward_stencil<acc, true, false>(plane, grad, w, g, dplane, gw_row, gw);                                \
-    } else {                                                                                                    \
-      backward_stencil<acc, false, true>(plane, grad, w, g, dplane, gw_row, gw);                                \
-    }                                                                                                           \
-  }
-HNAS_DW_ENTRY_POINTS(float, f32)
-HNAS_DW_ENTRY_POINTS(double, f64)
-#undef HNAS_DW_ENTRY_POINTS
-
-inline void forward_stencil_any(const float* p, const float* w, const Stencil& g, float* out) {
-  forward_stencil_f32(p, w, g, out);
-}
-inline void forward_stencil_any(const double* p, const double* w, const Stencil& g, double* out) {
-  forward_stencil_f64(p, w, g, out);
-}
-inline void backward_stencil_any(const float* p, const float* gr, const float* w, const Stencil& g, float* dp,
-                                 float* row, double* gw, bool gx, bool gwt) {
-  backward_stencil_f32(p, gr, w, g, dp, row, gw, gx, gwt);
-}
-inline void backward_stencil_any(const double* p, const double* gr, const double* w, const Stencil& g, double* dp,
-                                 double* row, double* gw, bool gx, bool gwt) {
-  backward_stencil_f64(p, gr, w, g, dp, row, gw, gx, gwt);
 }
 
 // ---- layout: tensors of any strides <-> the channels-last working buffers ---------------------------------
@@ -209,162 +186,318 @@ struct View4 {
 };
 inline View4 view_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
 
-struct Geom {
-  DepthwiseShape s;
-  int64_t L, Cb, rows, cols, taps;
-  std::vector<int64_t> off;
-  Stencil stencil() const { return {taps, s.Ho, s.Wo, s.stride, cols, off.data()}; }
+// A zero-bordered channels-last plane of rows x cols pixels whose interior starts at (top, left).
+struct Padded {
+  int64_t rows, cols, top, left;
 };
 
+// One stride phase of the input gradient (depthwise_math.h): input pixels (s i' + a, s j' + b), fed by
+// `taps` kernel taps, which start at `first` in the phase-ordered tap list.
+struct Phase {
+  int64_t a, b, Hp, Wp, first, taps;
+};
+
+struct Geom {
+  DepthwiseShape s;
+  int64_t L, Cb, taps;
+  Padded in;                 // relu(x), read by the forward and the weight gradient
+  std::vector<int64_t> off;  // [taps]: the tap offsets in `in`
+  Padded gpad;               // the output gradient, read by the input-gradient gather
+  std::vector<Phase> phases;
+  std::vector<int64_t> order;     // [taps]: kernel taps grouped by phase
+  std::vector<int64_t> phase_off;  // [taps]: their offsets in `gpad`, in that order
+  Stencil stencil() const { return {taps, s.Ho, s.Wo, s.stride, in.cols, off.data(), s.Wo, 1}; }
+  Stencil phase_stencil(const Phase& ph) const {
+    return {ph.taps, ph.Hp, ph.Wp, 1, gpad.cols, phase_off.data() + ph.first, s.stride * s.W, s.stride};
+  }
+};
+
+// Per axis: for each phase a, the kernel indices feeding it and their output offsets.
+struct AxisPhases {
+  std::vector<std::vector<int64_t>> index, offset;
+  int64_t lo = 0, hi = 0;  // the offsets' range over the phases that have pixels
+};
+
+AxisPhases axis_phases(int64_t extent, int64_t out_extent, const DepthwiseShape& s) {
+  AxisPhases ax;
+  ax.index.resize(s.stride);
+  ax.offset.resize(s.stride);
+  ax.hi = out_extent - 1;
+  for (int64_t a = 0; a < s.stride; ++a) {
+    const int64_t n = phase_extent(extent, a, s.stride);
+    for (int64_t kh = 0; kh < s.k; ++kh) {
+      int64_t o = 0;
+      if (phase_tap(a, kh, s.stride, s.padding, s.dilation, &o)) {
+        ax.index[a].push_back(kh);
+        ax.offset[a].push_back(o);
+        if (n > 0) {
+          ax.lo = std::min(ax.lo, o);
+          ax.hi = std::max(ax.hi, n - 1 + o);
+        }
+      }
+    }
+  }
+  return ax;
+}
+
 Geom geometry(const DepthwiseShape& s, int64_t L) {
-  Geom g{s, L, (s.C + L - 1) / L, 0, 0, s.k * s.k, {}};
+  Geom g{s, L, (s.C + L - 1) / L, s.k * s.k, {}, {}, {}, {}, {}, {}};
   const int64_t ext = s.dilation * (s.k - 1) + 1;
-  g.rows = std::max(s.padding + s.H, (s.Ho - 1) * s.stride + ext);
-  g.cols = std::max(s.padding + s.W, (s.Wo - 1) * s.stride + ext);
+  g.in = {std::max(s.padding + s.H, (s.Ho - 1) * s.stride + ext),
+          std::max(s.padding + s.W, (s.Wo - 1) * s.stride + ext), s.padding, s.padding};
   for (int64_t kh = 0; kh < s.k; ++kh) {
     for (int64_t kw = 0; kw < s.k; ++kw) {
-      g.off.push_back(kh * s.dilation * g.cols + kw * s.dilation);
+      g.off.push_back(kh * s.dilation * g.in.cols + kw * s.dilation);
+    }
+  }
+  const AxisPhases rows = axis_phases(s.H, s.Ho, s), cols = axis_phases(s.W, s.Wo, s);
+  g.gpad.top = -rows.lo;
+  g.gpad.left = -cols.lo;
+  g.gpad.rows = g.gpad.top + rows.hi + 1;
+  g.gpad.cols = g.gpad.left + cols.hi + 1;
+  for (int64_t a = 0; a < s.stride; ++a) {
+    for (int64_t b = 0; b < s.stride; ++b) {
+      Phase ph{a, b, phase_extent(s.H, a, s.stride), phase_extent(s.W, b, s.stride),
+               static_cast<int64_t>(g.order.size()), 0};
+      for (size_t i = 0; i < rows.index[a].size(); ++i) {
+        for (size_t j = 0; j < cols.index[b].size(); ++j) {
+          g.order.push_back(rows.index[a][i] * s.k + cols.index[b][j]);
+          g.phase_off.push_back((rows.offset[a][i] + g.gpad.top) * g.gpad.cols + cols.offset[b][j] + g.gpad.left);
+          ++ph.taps;
+        }
+      }
+      g.phases.push_back(ph);
     }
   }
   return g;
 }
 
-// plane = relu(x[n, c0 : c0 + nc]) (x itself when !relu) inside a zero border, channels-last [rows][cols][L].
-template <typename scalar_t, typename acc>
-void load_plane(const scalar_t* x, const View4& v, const Geom& g, int64_t n, int64_t c0, int64_t nc, bool relu,
-                acc* plane) {
+// Zeroes the pixels of a padded plane outside its h x w interior.
+template <typename acc>
+DW_INLINE void zero_border(acc* plane, const Padded& pd, int64_t h, int64_t w) {
   constexpr int64_t L = Vec<acc>::L;
-  const int64_t p = g.s.padding;
-  std::fill(plane, plane + g.rows * g.cols * L, acc(0));
-  const scalar_t* xn = x + n * v.sn + c0 * v.sc;
+  std::fill(plane, plane + pd.top * pd.cols * L, acc(0));
+  for (int64_t i = pd.top; i < pd.top + h; ++i) {
+    acc* row = plane + i * pd.cols * L;
+    std::fill(row, row + pd.left * L, acc(0));
+    std::fill(row + (pd.left + w) * L, row + pd.cols * L, acc(0));
+  }
+  std::fill(plane + (pd.top + h) * pd.cols * L, plane + pd.rows * pd.cols * L, acc(0));
+}
+
+// The interior of `plane` = t[n, c0 : c0 + nc, :h, :w] (ReLU'd when `relu`), zero elsewhere.
+template <typename scalar_t, typename acc>
+DW_INLINE void load_padded(const scalar_t* t, const View4& v, int64_t h, int64_t w, const Padded& pd, int64_t n, int64_t c0,
+                 int64_t nc, bool relu, acc* plane) {
+  constexpr int64_t L = Vec<acc>::L;
+  if (nc < L) {
+    std::fill(plane, plane + pd.rows * pd.cols * L, acc(0));
+  } else {
+    zero_border(plane, pd, h, w);
+  }
+  const scalar_t* tn = t + n * v.sn + c0 * v.sc;
+  acc* interior = plane + (pd.top * pd.cols + pd.left) * L;
   if constexpr (std::is_same_v<scalar_t, acc>) {
     if (v.sc == 1 && nc == L) {  // channels_last: a pixel's block is one vector
-      for (int64_t i = 0; i < g.s.H; ++i) {
-        for (int64_t j = 0; j < g.s.W; ++j) {
-          const vec<acc> val = ld(xn + i * v.sh + j * v.sw);
-          st(plane + ((i + p) * g.cols + j + p) * L, relu ? (val < vec<acc>{} ? vec<acc>{} : val) : val);
+      for (int64_t i = 0; i < h; ++i) {
+        for (int64_t j = 0; j < w; ++j) {
+          const vec<acc> val = ld(tn + i * v.sh + j * v.sw);
+          st(interior + (i * pd.cols + j) * L, relu ? relu_vec<acc>(val) : val);
         }
       }
       return;
     }
   }
-  // pixel by pixel, so the writes stream through the plane once (lane-outer loops would sweep it L times)
-  for (int64_t i = 0; i < g.s.H; ++i) {
-    for (int64_t j = 0; j < g.s.W; ++j) {
-      const scalar_t* src = xn + i * v.sh + j * v.sw;
-      acc* dst = plane + ((i + p) * g.cols + j + p) * L;
-      for (int64_t l = 0; l < nc; ++l) {
-        dst[l] = relu_if(static_cast<acc>(src[l * v.sc]), relu);
-      }
-    }
-  }
-}
-
-// buf[o, q, l] = t[n, c0 + l, o, q] (zero in the lanes past nc): an output-shaped tensor into a block.
-template <typename scalar_t, typename acc>
-void load_block(const scalar_t* t, const View4& v, const Geom& g, int64_t n, int64_t c0, int64_t nc, acc* buf) {
-  constexpr int64_t L = Vec<acc>::L;
-  const int64_t P = g.s.Ho * g.s.Wo;
-  const scalar_t* tn = t + n * v.sn + c0 * v.sc;
-  if constexpr (std::is_same_v<scalar_t, acc>) {
-    if (v.sc == 1 && nc == L) {
-      for (int64_t o = 0; o < g.s.Ho; ++o) {
-        for (int64_t q = 0; q < g.s.Wo; ++q) {
-          st(buf + (o * g.s.Wo + q) * L, ld(tn + o * v.sh + q * v.sw));
+  if (v.sc == 1) {  // lanes adjacent in memory: pixel by pixel
+    for (int64_t i = 0; i < h; ++i) {
+      for (int64_t j = 0; j < w; ++j) {
+        const scalar_t* src = tn + i * v.sh + j * v.sw;
+        acc* dst = interior + (i * pd.cols + j) * L;
+        for (int64_t l = 0; l < nc; ++l) {
+          dst[l] = relu_if(static_cast<acc>(src[l]), relu);
         }
       }
-      return;
     }
+    return;
   }
-  if (nc < L) {
-    std::fill(buf, buf + P * L, acc(0));
-  }
-  for (int64_t o = 0; o < g.s.Ho; ++o) {
-    for (int64_t q = 0; q < g.s.Wo; ++q) {
-      const scalar_t* src = tn + o * v.sh + q * v.sw;
-      acc* dst = buf + (o * g.s.Wo + q) * L;
-      for (int64_t l = 0; l < nc; ++l) {
-        dst[l] = static_cast<acc>(src[l * v.sc]);
+  // Channel planes (NCHW): one image row of one channel at a time. Lane-inner loops would read nc
+  // addresses a whole plane apart, which share an L1 set and evict each other.
+  for (int64_t i = 0; i < h; ++i) {
+    for (int64_t l = 0; l < nc; ++l) {
+      const scalar_t* src = tn + l * v.sc + i * v.sh;
+      acc* dst = interior + i * pd.cols * L + l;
+      for (int64_t j = 0; j < w; ++j) {
+        dst[j * L] = relu_if(static_cast<acc>(src[j * v.sw]), relu);
       }
     }
   }
 }
 
-// t[n, c0 + l, o, q] = buf[o, q, l] for l < nc.
+// t[n, c0 + l, o, q] = buf[o, q, l] for l < nc (buf: h rows of w pixels), times relu'(x[n, c0 + l, o, q]) when
+// x is given.
 template <typename scalar_t, typename acc>
-void store_block(const acc* buf, const View4& v, const Geom& g, int64_t n, int64_t c0, int64_t nc, scalar_t* t) {
+DW_INLINE void store_dense(const acc* buf, int64_t h, int64_t w, const View4& v, int64_t n, int64_t c0, int64_t nc,
+                 scalar_t* t, const scalar_t* x, const View4& vx) {
   constexpr int64_t L = Vec<acc>::L;
   scalar_t* tn = t + n * v.sn + c0 * v.sc;
+  const scalar_t* xn = x ? x + n * vx.sn + c0 * vx.sc : nullptr;
   if constexpr (std::is_same_v<scalar_t, acc>) {
-    if (v.sc == 1 && nc == L) {
-      for (int64_t o = 0; o < g.s.Ho; ++o) {
-        for (int64_t q = 0; q < g.s.Wo; ++q) {
-          st(tn + o * v.sh + q * v.sw, ld(buf + (o * g.s.Wo + q) * L));
-        }
-      }
-      return;
-    }
-  }
-  for (int64_t o = 0; o < g.s.Ho; ++o) {
-    for (int64_t q = 0; q < g.s.Wo; ++q) {
-      scalar_t* dst = tn + o * v.sh + q * v.sw;
-      const acc* src = buf + (o * g.s.Wo + q) * L;
-      for (int64_t l = 0; l < nc; ++l) {
-        dst[l * v.sc] = static_cast<scalar_t>(src[l]);
-      }
-    }
-  }
-}
-
-// dx[n, c0 + l, i, j] = relu'(x) * dplane interior, for l < nc.
-template <typename scalar_t, typename acc>
-void store_grad_input(const acc* dplane, const scalar_t* x, const View4& vx, const View4& vd, const Geom& g,
-                      int64_t n, int64_t c0, int64_t nc, bool relu, scalar_t* dx) {
-  constexpr int64_t L = Vec<acc>::L;
-  const int64_t p = g.s.padding;
-  const scalar_t* xn = x + n * vx.sn + c0 * vx.sc;
-  scalar_t* dn = dx + n * vd.sn + c0 * vd.sc;
-  if constexpr (std::is_same_v<scalar_t, acc>) {
-    if (vx.sc == 1 && vd.sc == 1 && nc == L) {
-      for (int64_t i = 0; i < g.s.H; ++i) {
-        for (int64_t j = 0; j < g.s.W; ++j) {
-          vec<acc> d = ld(dplane + ((i + p) * g.cols + j + p) * L);
-          if (relu) {
-            const vec<acc> xv = ld(xn + i * vx.sh + j * vx.sw);
-            d = xv <= vec<acc>{} ? vec<acc>{} : d;
+    if (v.sc == 1 && nc == L && (!x || vx.sc == 1)) {
+      for (int64_t o = 0; o < h; ++o) {
+        for (int64_t q = 0; q < w; ++q) {
+          vec<acc> d = ld(buf + (o * w + q) * L);
+          if (x) {
+            d = relu_grad_vec<acc>(d, ld(xn + o * vx.sh + q * vx.sw));
           }
-          st(dn + i * vd.sh + j * vd.sw, d);
+          st(tn + o * v.sh + q * v.sw, d);
         }
       }
       return;
     }
   }
-  for (int64_t i = 0; i < g.s.H; ++i) {
-    for (int64_t j = 0; j < g.s.W; ++j) {
-      const acc* src = dplane + ((i + p) * g.cols + j + p) * L;
-      const scalar_t* xr = xn + i * vx.sh + j * vx.sw;
-      scalar_t* dst = dn + i * vd.sh + j * vd.sw;
-      for (int64_t l = 0; l < nc; ++l) {
-        dst[l * vd.sc] = static_cast<scalar_t>(relu_grad_if(src[l], static_cast<acc>(xr[l * vx.sc]), relu));
+  if (v.sc == 1) {
+    for (int64_t o = 0; o < h; ++o) {
+      for (int64_t q = 0; q < w; ++q) {
+        const acc* src = buf + (o * w + q) * L;
+        scalar_t* dst = tn + o * v.sh + q * v.sw;
+        for (int64_t l = 0; l < nc; ++l) {
+          const acc val = x ? relu_grad_if(src[l], static_cast<acc>(xn[l * vx.sc + o * vx.sh + q * vx.sw]), true)
+                            : src[l];
+          dst[l] = static_cast<scalar_t>(val);
+        }
+      }
+    }
+    return;
+  }
+  for (int64_t o = 0; o < h; ++o) {  // channel planes: row by row, as in load_padded
+    for (int64_t l = 0; l < nc; ++l) {
+      const acc* src = buf + o * w * L + l;
+      scalar_t* dst = tn + l * v.sc + o * v.sh;
+      if (x) {
+        const scalar_t* xr = xn + l * vx.sc + o * vx.sh;
+        for (int64_t q = 0; q < w; ++q) {
+          dst[q * v.sw] = static_cast<scalar_t>(relu_grad_if(src[q * L], static_cast<acc>(xr[q * vx.sw]), true));
+        }
+      } else {
+        for (int64_t q = 0; q < w; ++q) {
+          dst[q * v.sw] = static_cast<scalar_t>(src[q * L]);
+        }
       }
     }
   }
 }
 
-// The weight as [Cb][taps][L] in the accumulation type, zero in the lanes past C.
+// The weight as [Cb][taps][L] in the accumulation type, zero in the lanes past C, taps in `order` (or in
+// kernel order when it is empty).
 template <typename scalar_t, typename acc>
-std::vector<acc> transposed_weight(const at::Tensor& weight, const Geom& g) {
+std::vector<acc> blocked_weight(const at::Tensor& weight, const Geom& g, const std::vector<int64_t>& order) {
   constexpr int64_t L = Vec<acc>::L;
   const at::Tensor w = weight.contiguous();
   const scalar_t* wp = w.data_ptr<scalar_t>();
   std::vector<acc> wt(g.Cb * g.taps * L, acc(0));
   for (int64_t c = 0; c < g.s.C; ++c) {
     for (int64_t t = 0; t < g.taps; ++t) {
-      wt[((c / L) * g.taps + t) * L + c % L] = static_cast<acc>(wp[c * g.taps + t]);
+      const int64_t src = order.empty() ? t : order[t];
+      wt[((c / L) * g.taps + t) * L + c % L] = static_cast<acc>(wp[c * g.taps + src]);
     }
   }
   return wt;
 }
+
+// ---- the per-item work, compiled once per ISA ---------------------------------------------------------------
+
+// Everything one forward item needs; the scratch planes are the caller's (one set per thread).
+template <typename scalar_t, typename acc>
+struct ForwardJob {
+  const Geom* g;
+  const acc* wt;  // blocked_weight, kernel tap order
+  const scalar_t* x;
+  View4 vx;
+  scalar_t* out;
+  View4 vo;
+  bool relu;
+};
+
+template <typename scalar_t, typename acc>
+DW_INLINE void forward_items(const ForwardJob<scalar_t, acc>& j, int64_t i0, int64_t i1) {
+  constexpr int64_t L = Vec<acc>::L;
+  const Geom& g = *j.g;
+  const DepthwiseShape& s = g.s;
+  const Stencil sg = g.stencil();
+  std::vector<acc> plane(g.in.rows * g.in.cols * L), obuf(s.Ho * s.Wo * L);
+  for (int64_t item = i0; item < i1; ++item) {
+    const int64_t n = item / g.Cb, cb = item % g.Cb, c0 = cb * L, nc = std::min(L, s.C - c0);
+    load_padded<scalar_t, acc>(j.x, j.vx, s.H, s.W, g.in, n, c0, nc, j.relu, plane.data());
+    forward_stencil<acc>(plane.data(), j.wt + cb * g.taps * L, sg, obuf.data());
+    store_dense<scalar_t, acc>(obuf.data(), s.Ho, s.Wo, j.vo, n, c0, nc, j.out, nullptr, j.vo);
+  }
+}
+
+template <typename scalar_t, typename acc>
+struct BackwardJob {
+  const Geom* g;
+  const acc* wt;  // blocked_weight, phase tap order; null when no input gradient is wanted
+  const scalar_t* x;
+  View4 vx;
+  const scalar_t* grad;
+  View4 vg;
+  scalar_t* dx;  // null when no input gradient is wanted
+  View4 vd;
+  double* partial;  // [items][taps][L]; null when no weight gradient is wanted
+  bool relu;
+};
+
+template <typename scalar_t, typename acc>
+DW_INLINE void backward_items(const BackwardJob<scalar_t, acc>& j, int64_t i0, int64_t i1) {
+  constexpr int64_t L = Vec<acc>::L;
+  const Geom& g = *j.g;
+  const DepthwiseShape& s = g.s;
+  const Stencil sg = g.stencil();
+  const int64_t wlen = g.taps * L;
+  std::vector<acc> plane(j.partial ? g.in.rows * g.in.cols * L : 0), row(wlen);
+  std::vector<acc> gpad(g.gpad.rows * g.gpad.cols * L), dx(j.dx ? s.H * s.W * L : 0);
+  for (int64_t item = i0; item < i1; ++item) {
+    const int64_t n = item / g.Cb, cb = item % g.Cb, c0 = cb * L, nc = std::min(L, s.C - c0);
+    load_padded<scalar_t, acc>(j.grad, j.vg, s.Ho, s.Wo, g.gpad, n, c0, nc, false, gpad.data());
+    if (j.partial) {
+      load_padded<scalar_t, acc>(j.x, j.vx, s.H, s.W, g.in, n, c0, nc, j.relu, plane.data());
+      const acc* grad = gpad.data() + (g.gpad.top * g.gpad.cols + g.gpad.left) * L;
+      weight_grad_stencil<acc>(plane.data(), grad, g.gpad.cols, sg, row.data(), j.partial + item * wlen);
+    }
+    if (j.dx) {
+      for (const Phase& ph : g.phases) {
+        if (ph.Hp > 0 && ph.Wp > 0) {
+          forward_stencil<acc>(gpad.data(), j.wt + (cb * g.taps + ph.first) * L, g.phase_stencil(ph),
+                               dx.data() + (ph.a * s.W + ph.b) * L);
+        }
+      }
+      store_dense<scalar_t, acc>(dx.data(), s.H, s.W, j.vd, n, c0, nc, j.dx, j.relu ? j.x : nullptr, j.vx);
+    }
+  }
+}
+
+// Non-template entry points, so that target_clones compiles each for AVX-512, AVX2 and the baseline; the
+// layout copies and the ReLU masks are inside, so they get the wide ISA as well as the stencils.
+#define HNAS_DW_ENTRY_POINTS(scalar_t, suffix)                                                                 \
+  HNAS_CPU_CLONES void forward_items_##suffix(const ForwardJob<scalar_t, acc_t<scalar_t>>& j, int64_t i0,     \
+                                              int64_t i1) {                                                   \
+    forward_items<scalar_t, acc_t<scalar_t>>(j, i0, i1);                                                      \
+  }                                                                                                           \
+  HNAS_CPU_CLONES void backward_items_##suffix(const BackwardJob<scalar_t, acc_t<scalar_t>>& j, int64_t i0,   \
+                                               int64_t i1) {                                                  \
+    backward_items<scalar_t, acc_t<scalar_t>>(j, i0, i1);                                                     \
+  }                                                                                                           \
+  inline void run_items(const ForwardJob<scalar_t, acc_t<scalar_t>>& j, int64_t i0, int64_t i1) {             \
+    forward_items_##suffix(j, i0, i1);                                                                        \
+  }                                                                                                           \
+  inline void run_items(const BackwardJob<scalar_t, acc_t<scalar_t>>& j, int64_t i0, int64_t i1) {            \
+    backward_items_##suffix(j, i0, i1);                                                                       \
+  }
+HNAS_DW_ENTRY_POINTS(float, f32)
+HNAS_DW_ENTRY_POINTS(double, f64)
+HNAS_DW_ENTRY_POINTS(c10::Half, f16)
+HNAS_DW_ENTRY_POINTS(c10::BFloat16, bf16)
+#undef HNAS_DW_ENTRY_POINTS
 
 }  // namespace
 
@@ -376,20 +509,10 @@ at::Tensor depthwise_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, i
     using acc = acc_t<scalar_t>;
     constexpr int64_t L = Vec<acc>::L;
     const Geom g = geometry(s, L);
-    const Stencil sg = g.stencil();
-    const std::vector<acc> wt = transposed_weight<scalar_t, acc>(weight, g);
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    const View4 vx = view_of(x), vo = view_of(out);
-    at::parallel_for(0, s.N * g.Cb, 1, [&](int64_t i0, int64_t i1) {
-      std::vector<acc> plane(g.rows * g.cols * L), obuf(s.Ho * s.Wo * L);
-      for (int64_t item = i0; item < i1; ++item) {
-        const int64_t n = item / g.Cb, cb = item % g.Cb, c0 = cb * L, nc = std::min(L, s.C - c0);
-        load_plane<scalar_t, acc>(xp, vx, g, n, c0, nc, relu_input, plane.data());
-        forward_stencil_any(plane.data(), wt.data() + cb * g.taps * L, sg, obuf.data());
-        store_block<scalar_t, acc>(obuf.data(), vo, g, n, c0, nc, op);
-      }
-    });
+    const std::vector<acc> wt = blocked_weight<scalar_t, acc>(weight, g, {});
+    const ForwardJob<scalar_t, acc> job{&g, wt.data(), x.const_data_ptr<scalar_t>(), view_of(x),
+                                        out.mutable_data_ptr<scalar_t>(), view_of(out), relu_input};
+    at::parallel_for(0, s.N * g.Cb, 1, [&](int64_t i0, int64_t i1) { run_items(job, i0, i1); });
   });
   return out;
 }
@@ -411,34 +534,21 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(const at::Tenso
     using acc = acc_t<scalar_t>;
     constexpr int64_t L = Vec<acc>::L;
     const Geom g = geometry(s, L);
-    const Stencil sg = g.stencil();
-    const std::vector<acc> wt = transposed_weight<scalar_t, acc>(weight, g);
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* gp = grad_out.const_data_ptr<scalar_t>();
-    scalar_t* dxp = need_input_grad ? gx.mutable_data_ptr<scalar_t>() : nullptr;
-    const View4 vx = view_of(x), vg = view_of(grad_out);
-    const View4 vd = need_input_grad ? view_of(gx) : View4{};
+    const std::vector<acc> wt = need_input_grad ? blocked_weight<scalar_t, acc>(weight, g, g.order)
+                                                : std::vector<acc>();
     const int64_t items = s.N * g.Cb, wlen = g.taps * L;
     std::vector<double> partial(need_weight_grad ? items * wlen : 0, 0.0);
-    at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
-      std::vector<acc> plane(g.rows * g.cols * L), grad(s.Ho * s.Wo * L), row(wlen);
-      std::vector<acc> dplane(need_input_grad ? g.rows * g.cols * L : 0);
-      std::vector<double> scratch(need_weight_grad ? 0 : wlen);
-      for (int64_t item = i0; item < i1; ++item) {
-        const int64_t n = item / g.Cb, cb = item % g.Cb, c0 = cb * L, nc = std::min(L, s.C - c0);
-        load_plane<scalar_t, acc>(xp, vx, g, n, c0, nc, relu_input, plane.data());
-        load_block<scalar_t, acc>(gp, vg, g, n, c0, nc, grad.data());
-        if (need_input_grad) {
-          std::fill(dplane.begin(), dplane.end(), acc(0));
-        }
-        double* gwp = need_weight_grad ? partial.data() + item * wlen : scratch.data();
-        backward_stencil_any(plane.data(), grad.data(), wt.data() + cb * wlen, sg, dplane.data(), row.data(), gwp,
-                             need_input_grad, need_weight_grad);
-        if (need_input_grad) {
-          store_grad_input<scalar_t, acc>(dplane.data(), xp, vx, vd, g, n, c0, nc, relu_input, dxp);
-        }
-      }
-    });
+    const BackwardJob<scalar_t, acc> job{&g,
+                                         need_input_grad ? wt.data() : nullptr,
+                                         x.const_data_ptr<scalar_t>(),
+                                         view_of(x),
+                                         grad_out.const_data_ptr<scalar_t>(),
+                                         view_of(grad_out),
+                                         need_input_grad ? gx.mutable_data_ptr<scalar_t>() : nullptr,
+                                         need_input_grad ? view_of(gx) : View4{},
+                                         need_weight_grad ? partial.data() : nullptr,
+                                         relu_input};
+    at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) { run_items(job, i0, i1); });
     if (need_weight_grad) {
       scalar_t* wp = gw.mutable_data_ptr<scalar_t>();  // contiguous [C, 1, k, k]
       for (int64_t c = 0; c < s.C; ++c) {
