@@ -38,16 +38,19 @@ def build_info() -> dict[str, Any]:
     return {"built": True, **ext.build_info()}
 
 
-def register_compiled_op(name: str, fakes: dict[str, Callable[..., Any]], backward: Callable[..., Any],
-                         setup_context: Callable[..., None]) -> bool:
+def register_compiled_op(name: str, fakes: dict[str, Callable[..., Any]],
+                         backward: Callable[..., Any] | None = None,
+                         setup_context: Callable[..., None] | None = None) -> bool:
     """Attach fake kernels (``fakes``: op name -> fake) and autograd to the compiled op
-    ``hnas_fast::<name>``, once; ``False`` when the extension (and so the op) does not exist."""
+    ``hnas_fast::<name>``, once; ``False`` when the extension (and so the op) does not exist. Without
+    ``backward`` the op's autograd is the one registered in C++ (``csrc/<op>/autograd``)."""
     if name in _registered:
         return True
     if load_extension() is None:
         return False
     for op, fake in fakes.items():
         torch.library.register_fake(f"hnas_fast::{op}")(fake)
-    torch.library.register_autograd(f"hnas_fast::{name}", backward, setup_context=setup_context)
+    if backward is not None:
+        torch.library.register_autograd(f"hnas_fast::{name}", backward, setup_context=setup_context)
     _registered.add(name)
     return True

@@ -163,7 +163,7 @@ class HcSupernet(Supernet):
                 weights: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]] | None = None) -> torch.Tensor:
         """Logits for ``x``; ``weights`` (per-stage normal, per-reduction) overrides the softmaxed alphas."""
         w_normal, w_reduce = self.edge_weights() if weights is None else weights
-        s0 = s1 = self.stem(x)
+        s0 = s1 = self.stem(x.contiguous(memory_format=self.memory_format))
         for i, cell in enumerate(self.cells):
             stage = self._stage_of[i]
             w = w_reduce[stage - 1] if cell.reduction else w_normal[stage]

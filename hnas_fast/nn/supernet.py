@@ -26,6 +26,11 @@ class Supernet(nn.Module):
     ``alphas_normal`` and ``alphas_reduce`` (``[num_edges, K]``) are registered parameters, so they are in
     ``state_dict()`` and ``parameters()``; optimizers should take :meth:`weight_parameters` and
     :meth:`arch_parameters` separately.
+
+    With ``channels_last`` (the default) the convolution weights and every activation are laid out
+    channels-last (``forward`` converts its input): PyTorch's 1x1 convolutions, BatchNorm and pooling and the
+    fused depthwise op are all faster so on the CPU (BENCHMARKS.md, supernet step). Values and the state-dict
+    layout are the same either way: ``load_state_dict`` copies into the existing strides.
     """
 
     def __init__(
@@ -41,6 +46,7 @@ class Supernet(nn.Module):
         memory_saving: bool = False,
         mixed_backend: str | None = None,
         reduction_at: Sequence[int] | None = None,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         if cells < 1:
@@ -83,6 +89,8 @@ class Supernet(nn.Module):
         k = space.num_ops
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(self.num_edges, k))
         self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(self.num_edges, k))
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.to(memory_format=self.memory_format)
 
     def _cell_ops(self, reduction: bool) -> Sequence[str] | Sequence[Sequence[str]]:
         """The op list(s) of a cell's edges: the space's ops on every edge (subclasses vary it per edge)."""
@@ -116,7 +124,7 @@ class Supernet(nn.Module):
 
     def _forward_cells(self, x: torch.Tensor, w_normal: torch.Tensor | Sequence[torch.Tensor],
                        w_reduce: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        s0 = s1 = self.stem(x)
+        s0 = s1 = self.stem(x.contiguous(memory_format=self.memory_format))
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
         out = self.global_pooling(s1)
@@ -141,6 +149,7 @@ def build_supernet(
     memory_saving: bool = False,
     mixed_backend: str | None = None,
     reduction_at: Sequence[int] | None = None,
+    channels_last: bool = True,
 ) -> Supernet:
     """Build the search network; the defaults are DARTS's CIFAR search model (8 cells, C=16).
 
@@ -150,9 +159,11 @@ def build_supernet(
             ``2 * cells // 3``).
         channels: C of the first cells (doubled at each reduction).
         memory_saving, mixed_backend: passed to every :class:`~hnas_fast.nn.mixed_op.MixedOp`.
+        channels_last: lay weights and activations out channels-last (see :class:`Supernet`).
     """
     return Supernet(
         get_space(space), cells=cells, channels=channels, num_classes=num_classes, nodes=nodes,
         multiplier=multiplier, stem_multiplier=stem_multiplier, in_channels=in_channels,
         memory_saving=memory_saving, mixed_backend=mixed_backend, reduction_at=reduction_at,
+        channels_last=channels_last,
     )

@@ -62,20 +62,7 @@ def _format_of(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if suggest_memory_format(x) == torch.channels_last else torch.contiguous_format
 
 
-# ---- autograd and fake kernels of the compiled op ----------------------------------------------------------
-
-def _setup_context(ctx, inputs, output) -> None:
-    x, weight, stride, padding, dilation, relu_input = inputs
-    ctx.params = (stride, padding, dilation, relu_input)
-    ctx.save_for_backward(x, weight)
-
-
-def _backward(ctx, grad):
-    x, weight = ctx.saved_tensors
-    need_x, need_w = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
-    gx, gw = torch.ops.hnas_fast.depthwise_conv2d_backward(grad, x, weight, *ctx.params, need_x, need_w)
-    return (gx if need_x else None), (gw if need_w else None), None, None, None, None
-
+# ---- fake kernels of the compiled op (its autograd is in C++: csrc/depthwise/autograd) ---------------------
 
 def _fake_forward(x, weight, stride=1, padding=0, dilation=1, relu_input=False):
     k = weight.shape[2]
@@ -91,11 +78,9 @@ def _fake_backward(grad_out, x, weight, stride, padding, dilation, relu_input, n
 
 
 def _register_cpp() -> bool:
-    """Attach autograd and fake kernels to the compiled op (once); False without the extension."""
+    """Attach the fake kernels to the compiled op (once); False without the extension."""
     return register_compiled_op(
-        "depthwise_conv2d",
-        {"depthwise_conv2d": _fake_forward, "depthwise_conv2d_backward": _fake_backward},
-        _backward, _setup_context)
+        "depthwise_conv2d", {"depthwise_conv2d": _fake_forward, "depthwise_conv2d_backward": _fake_backward})
 
 
 # ---- functional API ----

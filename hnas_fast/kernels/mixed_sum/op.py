@@ -59,7 +59,7 @@ def _dense_like_first(ys: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [y if y.stride() == first.stride() else torch.empty_like(first).copy_(y) for y in ys]
 
 
-# ---- C++/CUDA op: autograd and fake kernels -------------------------------------------------------------
+# ---- autograd of the Triton op, fake kernels of both -------------------------------------------------------
 
 def _setup_context(ctx, inputs, output) -> None:
     ys, weights = inputs
@@ -90,10 +90,10 @@ def _fake_backward(grad_out, ys, weights, need_ys_grad, need_weights_grad):
 
 
 def _register_cpp() -> bool:
-    """Attach autograd and fake kernels to the compiled op (once); False without the extension."""
+    """Attach the fake kernels to the compiled op (once; its autograd is in C++, csrc/mixed_sum/autograd);
+    False without the extension."""
     return register_compiled_op(
-        "mixed_sum", {"mixed_sum": _fake_forward, "mixed_sum_backward": _fake_backward},
-        _make_backward(lambda *args: torch.ops.hnas_fast.mixed_sum_backward(*args)), _setup_context)
+        "mixed_sum", {"mixed_sum": _fake_forward, "mixed_sum_backward": _fake_backward})
 
 
 # ---- Triton op ------------------------------------------------------------------------------------------
