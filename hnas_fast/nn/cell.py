@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from hnas_fast.nn.mixed_op import MixedOp
-from hnas_fast.nn.operations import FactorizedReduce, ReLUConvBN, build_op
+from hnas_fast.nn.operations import FactorizedReduce, ReLUConvBN, build_op, set_kernel_backend
 
 __all__ = ["SearchCell", "num_cell_edges"]
 
@@ -67,6 +67,8 @@ class SearchCell(nn.Module):
                 stride = 2 if reduction and j < 2 else 1
                 names = self.edge_ops[len(self.edges)]
                 candidates = [build_op(name, C, stride, affine=False, search=True) for name in names]
+                for op in candidates:
+                    set_kernel_backend(op, mixed_backend)
                 self.edges.append(MixedOp(candidates, memory_saving=memory_saving, backend=mixed_backend))
 
     @property

@@ -42,6 +42,7 @@ __all__ = [
     "needs_search_bn",
     "register_op",
     "relu_depthwise",
+    "set_kernel_backend",
     "unregister_op",
 ]
 
@@ -151,6 +152,15 @@ class SepConv(nn.Module):
 
 def _use_reference(backend: str | None, x: torch.Tensor) -> bool:
     return resolve_depthwise_backend(backend, x.device) == "reference"
+
+
+def set_kernel_backend(module: nn.Module, backend: str | None) -> nn.Module:
+    """Point every :class:`SepConv` and :class:`DilConv` in ``module`` at the depthwise ``backend``
+    (``None``: automatic, ``"reference"``: plain PyTorch); returns ``module``."""
+    for m in module.modules():
+        if isinstance(m, (SepConv, DilConv)):
+            m.backend = backend
+    return module
 
 
 def relu_depthwise(x: torch.Tensor, conv: nn.Conv2d, backend: str | None = None) -> torch.Tensor:

@@ -39,7 +39,7 @@ from torch import nn
 from hnas_fast.nn.hc_supernet import StageGenotypes, as_stage_genotypes
 from hnas_fast.nn.mixed_op import MixedOp
 from hnas_fast.nn.network import GenotypeCell
-from hnas_fast.nn.operations import FactorizedReduce, ReLUConvBN, build_op
+from hnas_fast.nn.operations import FactorizedReduce, ReLUConvBN, build_op, set_kernel_backend
 from hnas_fast.search.genotype import Genotype
 from hnas_fast.search.macro_genotype import (
     INPUTS,
@@ -212,7 +212,8 @@ class StageDAGSupernet(nn.Module):
                 GenotypeCell(g, C_node, C_node, C_s, reduction=False, reduction_prev=False)
                 for _ in range(n)))
             self.edges.append(nn.ModuleList(
-                MixedOp([build_op(op, C_node, 1, affine=False, search=True) for op in self.ops],
+                MixedOp([set_kernel_backend(build_op(op, C_node, 1, affine=False, search=True), mixed_backend)
+                         for op in self.ops],
                         memory_saving=memory_saving, backend=mixed_backend)
                 for p in self.preds[s] for _ in p))
             C_out_a = C_out_b = C_node

@@ -158,7 +158,10 @@ def build_supernet(
         cells: cells in the stack; reductions at ``reduction_at`` (default ``cells // 3``,
             ``2 * cells // 3``).
         channels: C of the first cells (doubled at each reduction).
-        memory_saving, mixed_backend: passed to every :class:`~hnas_fast.nn.mixed_op.MixedOp`.
+        memory_saving: passed to every :class:`~hnas_fast.nn.mixed_op.MixedOp`.
+        mixed_backend: the backend of the fused kernels, the mixed sum and the depthwise convolutions of
+            SepConv/DilConv (``None``: automatic; ``"reference"``: plain PyTorch, as the public DARTS
+            code runs).
         channels_last: lay weights and activations out channels-last (see :class:`Supernet`).
     """
     return Supernet(
