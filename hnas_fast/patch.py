@@ -22,15 +22,19 @@ multiplications and K−1 additions, each with its own temporary), the ``none`` 
 (BatchNorm running statistics are updated once per step, as without it). Outputs and gradients equal the
 original ones up to floating-point summation order.
 
-What it does not change (yet): ``SepConv``, ``DilConv`` and the pools stay the model's own modules.
-hnas_fast has no fused kernel for them today (``hnas_fast.kernels`` holds ``mixed_sum`` and
-``grad_gram``), so the patch fuses the mixed sum and provides memory-saving mode; a fused separable or
-dilated convolution would be swapped here once it exists. :func:`unpatch_darts_model` restores the
-original modules.
+With ``convs=True`` (the default) it also swaps DARTS's ``SepConv`` and ``DilConv`` (a module of that
+class name whose only child is the ``nn.Sequential`` ``op``) for a :class:`PatchedConvOp` holding the
+**same** ``op``: each ``ReLU`` → depthwise ``Conv2d`` pair in it runs as one
+:func:`~hnas_fast.kernels.depthwise_conv2d` with the ReLU fused (no ReLU'd copy is made or saved); the 1×1
+convolutions and BatchNorms run as they are. Parameters, buffers and state-dict keys are again unchanged.
+
+What it does not change (yet): the pools stay the model's own modules. :func:`unpatch_darts_model`
+restores the original modules.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 
@@ -38,8 +42,10 @@ import torch
 from torch import nn
 
 from hnas_fast.nn.mixed_op import MixedOp
+from hnas_fast.nn.operations import DilConv, SepConv, is_fusable_depthwise, relu_depthwise_sequential
 
-__all__ = ["PatchedMixedOp", "is_darts_mixed_op", "patch_darts_model", "unpatch_darts_model"]
+__all__ = ["PatchedConvOp", "PatchedMixedOp", "is_darts_conv_op", "is_darts_mixed_op", "patch_darts_model",
+           "unpatch_darts_model"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,18 @@ def is_darts_mixed_op(module: nn.Module) -> bool:
     return (type(module).__name__ == "MixedOp" and not isinstance(module, MixedOp)
             and isinstance(getattr(module, "_ops", None), nn.ModuleList)
             and [name for name, _ in module.named_children()] == ["_ops"])
+
+
+def is_darts_conv_op(module: nn.Module) -> bool:
+    """Whether ``module`` looks like DARTS's ``SepConv``/``DilConv``: that class name, its only child the
+    ``nn.Sequential`` ``op``, which holds at least one ``ReLU`` directly followed by a depthwise convolution.
+    hnas_fast's own SepConv/DilConv fuse already and are not matched."""
+    if type(module).__name__ not in ("SepConv", "DilConv") or isinstance(module, (SepConv, DilConv)):
+        return False
+    op = getattr(module, "op", None)
+    if not isinstance(op, nn.Sequential) or [name for name, _ in module.named_children()] != ["op"]:
+        return False
+    return any(isinstance(a, nn.ReLU) and is_fusable_depthwise(b) for a, b in itertools.pairwise(op))
 
 
 def _is_zero(op: nn.Module) -> bool:
@@ -89,6 +107,26 @@ class PatchedMixedOp(MixedOp):
         return self._original
 
 
+class PatchedConvOp(nn.Module):
+    """A DARTS ``SepConv``/``DilConv`` whose ``op`` (the same Sequential object) runs its ReLU → depthwise
+    pairs fused (:func:`~hnas_fast.nn.operations.relu_depthwise_sequential`)."""
+
+    def __init__(self, original: nn.Module, backend: str | None = None) -> None:
+        super().__init__()
+        self.op: nn.Sequential = original.op
+        self.backend = backend
+        self.training = original.training
+        object.__setattr__(self, "_original", original)  # not a submodule: no duplicate parameters
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return relu_depthwise_sequential(self.op, x, self.backend)
+
+    @property
+    def original(self) -> nn.Module:
+        """The module this one replaced."""
+        return self._original
+
+
 def _replace(root: nn.Module, qualified_name: str, new: nn.Module) -> None:
     parent_name, _, child = qualified_name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
@@ -97,36 +135,44 @@ def _replace(root: nn.Module, qualified_name: str, new: nn.Module) -> None:
 
 def patch_darts_model(model: nn.Module, memory_saving: bool = False, backend: str | None = None,
                       match: Callable[[nn.Module], bool] = is_darts_mixed_op,
-                      strict: bool = True) -> nn.Module:
-    """Replace, in place, every DARTS ``MixedOp`` of ``model`` by a :class:`PatchedMixedOp`.
+                      strict: bool = True, convs: bool = True) -> nn.Module:
+    """Replace, in place, every DARTS ``MixedOp`` of ``model`` by a :class:`PatchedMixedOp` and (with
+    ``convs``) every DARTS ``SepConv``/``DilConv`` by a :class:`PatchedConvOp`.
 
     Args:
         model: a DARTS-style search network (or any module containing DARTS mixed edges).
         memory_saving: recompute each edge's candidates in backward instead of keeping their intermediates.
-        backend: the ``mixed_sum`` backend (``None``: compiled kernel when built, else Triton on CUDA,
-            else plain PyTorch).
+        backend: the backend of the fused kernels, ``mixed_sum`` and ``depthwise_conv2d`` (``None``:
+            compiled kernel when built, else Triton on CUDA, else plain PyTorch).
         match: which modules to replace (default :func:`is_darts_mixed_op`).
         strict: raise ``ValueError`` when nothing matched (a silent no-op would hide a wrong model).
+        convs: also fuse the ReLU → depthwise pairs of SepConv/DilConv (:func:`is_darts_conv_op`).
 
     Returns:
         ``model`` itself, so ``model = patch_darts_model(model)`` also works.
     """
     names = [name for name, m in model.named_modules() if name and match(m)]
-    if not names and strict:
+    conv_names = [name for name, m in model.named_modules() if name and convs and is_darts_conv_op(m)]
+    if not names and not conv_names and strict:
         raise ValueError(f"patch_darts_model: no DARTS MixedOp found in {type(model).__name__} (a module "
                          "named MixedOp whose only child is the ModuleList _ops); pass match= to choose")
+    for name in conv_names:  # first: the patched edges below hold these very _ops lists
+        _replace(model, name, PatchedConvOp(model.get_submodule(name), backend))
     for name in names:
         _replace(model, name, PatchedMixedOp(model.get_submodule(name), memory_saving, backend))
-    log.info("patch_darts_model: replaced %d mixed edges (memory_saving=%s)", len(names), memory_saving)
+    log.info("patch_darts_model: replaced %d mixed edges (memory_saving=%s) and %d SepConv/DilConv",
+             len(names), memory_saving, len(conv_names))
     return model
 
 
 def unpatch_darts_model(model: nn.Module) -> nn.Module:
-    """Put the original ``MixedOp`` modules back (with the same, possibly trained, candidates)."""
-    names: Sequence[str] = [n for n, m in model.named_modules() if isinstance(m, PatchedMixedOp)]
-    for name in names:
-        patched = model.get_submodule(name)
-        original = patched.original
-        original.train(patched.training)
-        _replace(model, name, original)
+    """Put the original ``MixedOp``, ``SepConv`` and ``DilConv`` modules back (with the same, possibly
+    trained, parameters)."""
+    for kind in (PatchedConvOp, PatchedMixedOp):
+        names: Sequence[str] = [n for n, m in model.named_modules() if isinstance(m, kind)]
+        for name in names:
+            patched = model.get_submodule(name)
+            original = patched.original
+            original.train(patched.training)
+            _replace(model, name, original)
     return model

@@ -39,9 +39,11 @@ __all__ = [
     "Zero",
     "build_op",
     "get_op",
+    "is_fusable_depthwise",
     "needs_search_bn",
     "register_op",
     "relu_depthwise",
+    "relu_depthwise_sequential",
     "set_kernel_backend",
     "unregister_op",
 ]
@@ -168,6 +170,34 @@ def relu_depthwise(x: torch.Tensor, conv: nn.Conv2d, backend: str | None = None)
     stride/padding/dilation, no bias) as one fused :func:`~hnas_fast.kernels.depthwise_conv2d`."""
     return depthwise_conv2d(x, conv.weight, conv.stride[0], conv.padding[0], conv.dilation[0],
                             relu_input=True, backend=backend)
+
+
+def is_fusable_depthwise(conv: nn.Module) -> bool:
+    """Whether ``conv`` is a depthwise ``nn.Conv2d`` that :func:`relu_depthwise` computes: groups = in = out
+    channels, a square odd kernel, the same stride, padding and dilation on both axes, zero padding, no
+    bias."""
+    return (isinstance(conv, nn.Conv2d) and conv.groups == conv.in_channels == conv.out_channels
+            and conv.bias is None and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+            and conv.kernel_size[0] == conv.kernel_size[1] and conv.kernel_size[0] % 2 == 1
+            and conv.stride[0] == conv.stride[1] and conv.padding[0] == conv.padding[1]
+            and conv.dilation[0] == conv.dilation[1])
+
+
+def relu_depthwise_sequential(seq: nn.Sequential, x: torch.Tensor,
+                              backend: str | None = None) -> torch.Tensor:
+    """``seq(x)``, with every ``nn.ReLU`` that is directly followed by a fusable depthwise convolution
+    (:func:`is_fusable_depthwise`) run with it as one :func:`relu_depthwise`. The fused pair never writes
+    its input, so an ``inplace=True`` ReLU there leaves ``x`` as it was."""
+    layers = list(seq)
+    i = 0
+    while i < len(layers):
+        if isinstance(layers[i], nn.ReLU) and i + 1 < len(layers) and is_fusable_depthwise(layers[i + 1]):
+            x = relu_depthwise(x, layers[i + 1], backend)
+            i += 2
+        else:
+            x = layers[i](x)
+            i += 1
+    return x
 
 
 class FactorizedReduce(nn.Module):

@@ -333,23 +333,17 @@ DW_INLINE void load_padded(const scalar_t* t, const View4& v, int64_t h, int64_t
   }
 }
 
-// t[n, c0 + l, o, q] = buf[o, q, l] for l < nc (buf: h rows of w pixels), times relu'(x[n, c0 + l, o, q]) when
-// x is given.
+// t[n, c0 + l, o, q] = buf[o, q, l] for l < nc (buf: h rows of w pixels).
 template <typename scalar_t, typename acc>
 DW_INLINE void store_dense(const acc* buf, int64_t h, int64_t w, const View4& v, int64_t n, int64_t c0, int64_t nc,
-                 scalar_t* t, const scalar_t* x, const View4& vx) {
+                           scalar_t* t) {
   constexpr int64_t L = Vec<acc>::L;
   scalar_t* tn = t + n * v.sn + c0 * v.sc;
-  const scalar_t* xn = x ? x + n * vx.sn + c0 * vx.sc : nullptr;
   if constexpr (std::is_same_v<scalar_t, acc>) {
-    if (v.sc == 1 && nc == L && (!x || vx.sc == 1)) {
+    if (v.sc == 1 && nc == L) {
       for (int64_t o = 0; o < h; ++o) {
         for (int64_t q = 0; q < w; ++q) {
-          vec<acc> d = ld(buf + (o * w + q) * L);
-          if (x) {
-            d = relu_grad_vec<acc>(d, ld(xn + o * vx.sh + q * vx.sw));
-          }
-          st(tn + o * v.sh + q * v.sw, d);
+          st(tn + o * v.sh + q * v.sw, ld(buf + (o * w + q) * L));
         }
       }
       return;
@@ -361,9 +355,7 @@ DW_INLINE void store_dense(const acc* buf, int64_t h, int64_t w, const View4& v,
         const acc* src = buf + (o * w + q) * L;
         scalar_t* dst = tn + o * v.sh + q * v.sw;
         for (int64_t l = 0; l < nc; ++l) {
-          const acc val = x ? relu_grad_if(src[l], static_cast<acc>(xn[l * vx.sc + o * vx.sh + q * vx.sw]), true)
-                            : src[l];
-          dst[l] = static_cast<scalar_t>(val);
+          dst[l] = static_cast<scalar_t>(src[l]);
         }
       }
     }
@@ -373,16 +365,25 @@ DW_INLINE void store_dense(const acc* buf, int64_t h, int64_t w, const View4& v,
     for (int64_t l = 0; l < nc; ++l) {
       const acc* src = buf + o * w * L + l;
       scalar_t* dst = tn + l * v.sc + o * v.sh;
-      if (x) {
-        const scalar_t* xr = xn + l * vx.sc + o * vx.sh;
-        for (int64_t q = 0; q < w; ++q) {
-          dst[q * v.sw] = static_cast<scalar_t>(relu_grad_if(src[q * L], static_cast<acc>(xr[q * vx.sw]), true));
-        }
-      } else {
-        for (int64_t q = 0; q < w; ++q) {
-          dst[q * v.sw] = static_cast<scalar_t>(src[q * L]);
-        }
+      for (int64_t q = 0; q < w; ++q) {
+        dst[q * v.sw] = static_cast<scalar_t>(src[q * L]);
       }
+    }
+  }
+}
+
+// buf[i, j] *= relu'(x[i, j]) for the h x w pixels of buf, read from the interior of the padded relu(x)
+// plane: relu(x) <= 0 exactly where x <= 0 (a NaN stays NaN and passes), so the mask is the same, and it is
+// applied on the blocked buffer, a vector at a time, before any layout change.
+template <typename acc>
+DW_INLINE void relu_grad_mask(acc* __restrict buf, int64_t h, int64_t w, const acc* __restrict plane,
+                              const Padded& pd) {
+  constexpr int64_t L = Vec<acc>::L;
+  for (int64_t i = 0; i < h; ++i) {
+    const acc* r = plane + ((pd.top + i) * pd.cols + pd.left) * L;
+    acc* d = buf + i * w * L;
+    for (int64_t j = 0; j < w; ++j) {
+      st(d + j * L, relu_grad_vec<acc>(ld(d + j * L), ld(r + j * L)));
     }
   }
 }
@@ -429,7 +430,7 @@ DW_INLINE void forward_items(const ForwardJob<scalar_t, acc>& j, int64_t i0, int
     const int64_t n = item / g.Cb, cb = item % g.Cb, c0 = cb * L, nc = std::min(L, s.C - c0);
     load_padded<scalar_t, acc>(j.x, j.vx, s.H, s.W, g.in, n, c0, nc, j.relu, plane.data());
     forward_stencil<acc>(plane.data(), j.wt + cb * g.taps * L, sg, obuf.data());
-    store_dense<scalar_t, acc>(obuf.data(), s.Ho, s.Wo, j.vo, n, c0, nc, j.out, nullptr, j.vo);
+    store_dense<scalar_t, acc>(obuf.data(), s.Ho, s.Wo, j.vo, n, c0, nc, j.out);
   }
 }
 
@@ -454,13 +455,17 @@ DW_INLINE void backward_items(const BackwardJob<scalar_t, acc>& j, int64_t i0, i
   const DepthwiseShape& s = g.s;
   const Stencil sg = g.stencil();
   const int64_t wlen = g.taps * L;
-  std::vector<acc> plane(j.partial ? g.in.rows * g.in.cols * L : 0), row(wlen);
+  // relu(x) feeds the weight gradient and, with relu_input, the input gradient's mask
+  const bool need_plane = j.partial || (j.dx && j.relu);
+  std::vector<acc> plane(need_plane ? g.in.rows * g.in.cols * L : 0), row(wlen);
   std::vector<acc> gpad(g.gpad.rows * g.gpad.cols * L), dx(j.dx ? s.H * s.W * L : 0);
   for (int64_t item = i0; item < i1; ++item) {
     const int64_t n = item / g.Cb, cb = item % g.Cb, c0 = cb * L, nc = std::min(L, s.C - c0);
     load_padded<scalar_t, acc>(j.grad, j.vg, s.Ho, s.Wo, g.gpad, n, c0, nc, false, gpad.data());
-    if (j.partial) {
+    if (need_plane) {
       load_padded<scalar_t, acc>(j.x, j.vx, s.H, s.W, g.in, n, c0, nc, j.relu, plane.data());
+    }
+    if (j.partial) {
       const acc* grad = gpad.data() + (g.gpad.top * g.gpad.cols + g.gpad.left) * L;
       weight_grad_stencil<acc>(plane.data(), grad, g.gpad.cols, sg, row.data(), j.partial + item * wlen);
     }
@@ -471,7 +476,10 @@ DW_INLINE void backward_items(const BackwardJob<scalar_t, acc>& j, int64_t i0, i
                                dx.data() + (ph.a * s.W + ph.b) * L);
         }
       }
-      store_dense<scalar_t, acc>(dx.data(), s.H, s.W, j.vd, n, c0, nc, j.dx, j.relu ? j.x : nullptr, j.vx);
+      if (j.relu) {
+        relu_grad_mask<acc>(dx.data(), s.H, s.W, plane.data(), g.in);
+      }
+      store_dense<scalar_t, acc>(dx.data(), s.H, s.W, j.vd, n, c0, nc, j.dx);
     }
   }
 }
