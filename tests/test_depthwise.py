@@ -72,6 +72,15 @@ def test_dtypes(seed, dtype, layout):
         _check(random.choice(CASES), k, stride, d, True, dtype, layout)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_channels_last_full_and_partial_blocks(seed, stride):
+    """channels_last with C = 33: two full 16-channel blocks the kernel writes in place, one partial block
+    through its buffer; float64 too (8-lane blocks)."""
+    for dtype in (torch.float32, torch.float64):
+        _check((2, 33, 9, 11), 3, stride, 2, True, dtype, "channels_last")
+        _check((2, 33, 9, 11), 5, stride, 1, False, dtype, "channels_last")
+
+
 def test_one_gradient_only(seed):
     _check((2, 16, 9, 9), 3, 1, 2, True, torch.float32, "channels_last", need=(True, False))
     _check((2, 5, 9, 9), 5, 2, 1, True, torch.float32, "contiguous", need=(False, True))

@@ -81,7 +81,8 @@ DW_INLINE void st(T* p, vec<T> v) {
 }
 
 // The stencil's view of one item: an input plane of `cols` pixels per row read at `stride`, tap offsets in
-// pixels, and an output of Ho x Wo pixels written at a pitch of `orow` pixels per row and `ocol` per column.
+// pixels, and an output of Ho x Wo pixels written `orow` elements apart per row and `ocol` per column (a
+// dense blocked buffer, or a channels_last tensor written in place).
 struct Stencil {
   int64_t taps, Ho, Wo, stride, cols;
   const int64_t* off;  // [taps]
@@ -106,9 +107,9 @@ DW_INLINE void forward_block(const acc* __restrict plane, const acc* __restrict 
       a[b] += wv * ld(p + b * step);
     }
   }
-  acc* dst = out + (o * g.orow + q * g.ocol) * L;
+  acc* dst = out + o * g.orow + q * g.ocol;
   for (int b = 0; b < B; ++b) {
-    st(dst + b * g.ocol * L, a[b]);
+    st(dst + b * g.ocol, a[b]);
   }
 }
 
@@ -206,9 +207,14 @@ struct Geom {
   std::vector<Phase> phases;
   std::vector<int64_t> order;     // [taps]: kernel taps grouped by phase
   std::vector<int64_t> phase_off;  // [taps]: their offsets in `gpad`, in that order
-  Stencil stencil() const { return {taps, s.Ho, s.Wo, s.stride, in.cols, off.data(), s.Wo, 1}; }
-  Stencil phase_stencil(const Phase& ph) const {
-    return {ph.taps, ph.Hp, ph.Wp, 1, gpad.cols, phase_off.data() + ph.first, s.stride * s.W, s.stride};
+  // Forward (and weight gradient) into a dense Ho x Wo blocked buffer, or at (orow, ocol) when given.
+  Stencil stencil(int64_t orow = 0, int64_t ocol = 0) const {
+    return {taps, s.Ho, s.Wo, s.stride, in.cols, off.data(), orow ? orow : s.Wo * L, ocol ? ocol : L};
+  }
+  // One phase of the input gradient into an H x W output whose rows are `row` and columns `col` elements
+  // apart.
+  Stencil phase_stencil(const Phase& ph, int64_t row, int64_t col) const {
+    return {ph.taps, ph.Hp, ph.Wp, 1, gpad.cols, phase_off.data() + ph.first, s.stride * row, s.stride * col};
   }
 };
 
@@ -376,14 +382,14 @@ DW_INLINE void store_dense(const acc* buf, int64_t h, int64_t w, const View4& v,
 // plane: relu(x) <= 0 exactly where x <= 0 (a NaN stays NaN and passes), so the mask is the same, and it is
 // applied on the blocked buffer, a vector at a time, before any layout change.
 template <typename acc>
-DW_INLINE void relu_grad_mask(acc* __restrict buf, int64_t h, int64_t w, const acc* __restrict plane,
-                              const Padded& pd) {
+DW_INLINE void relu_grad_mask(acc* __restrict buf, int64_t h, int64_t w, int64_t row, int64_t col,
+                              const acc* __restrict plane, const Padded& pd) {
   constexpr int64_t L = Vec<acc>::L;
   for (int64_t i = 0; i < h; ++i) {
     const acc* r = plane + ((pd.top + i) * pd.cols + pd.left) * L;
-    acc* d = buf + i * w * L;
+    acc* d = buf + i * row;
     for (int64_t j = 0; j < w; ++j) {
-      st(d + j * L, relu_grad_vec<acc>(ld(d + j * L), ld(r + j * L)));
+      st(d + j * col, relu_grad_vec<acc>(ld(d + j * col), ld(r + j * L)));
     }
   }
 }
@@ -429,6 +435,13 @@ DW_INLINE void forward_items(const ForwardJob<scalar_t, acc>& j, int64_t i0, int
   for (int64_t item = i0; item < i1; ++item) {
     const int64_t n = item / g.Cb, cb = item % g.Cb, c0 = cb * L, nc = std::min(L, s.C - c0);
     load_padded<scalar_t, acc>(j.x, j.vx, s.H, s.W, g.in, n, c0, nc, j.relu, plane.data());
+    if constexpr (std::is_same_v<scalar_t, acc>) {
+      if (j.vo.sc == 1 && nc == L) {  // channels_last: the stencil writes the output in place
+        forward_stencil<acc>(plane.data(), j.wt + cb * g.taps * L, g.stencil(j.vo.sh, j.vo.sw),
+                             j.out + n * j.vo.sn + c0);
+        continue;
+      }
+    }
     forward_stencil<acc>(plane.data(), j.wt + cb * g.taps * L, sg, obuf.data());
     store_dense<scalar_t, acc>(obuf.data(), s.Ho, s.Wo, j.vo, n, c0, nc, j.out);
   }
@@ -470,16 +483,30 @@ DW_INLINE void backward_items(const BackwardJob<scalar_t, acc>& j, int64_t i0, i
       weight_grad_stencil<acc>(plane.data(), grad, g.gpad.cols, sg, row.data(), j.partial + item * wlen);
     }
     if (j.dx) {
+      // channels_last: the phases write grad_input in place; otherwise a dense blocked buffer, copied out
+      bool direct = false;
+      if constexpr (std::is_same_v<scalar_t, acc>) {
+        direct = j.vd.sc == 1 && nc == L;
+      }
+      acc* dst = dx.data();
+      int64_t row = s.W * L, col = L;
+      if (direct) {
+        dst = reinterpret_cast<acc*>(j.dx) + n * j.vd.sn + c0;
+        row = j.vd.sh;
+        col = j.vd.sw;
+      }
       for (const Phase& ph : g.phases) {
         if (ph.Hp > 0 && ph.Wp > 0) {
-          forward_stencil<acc>(gpad.data(), j.wt + (cb * g.taps + ph.first) * L, g.phase_stencil(ph),
-                               dx.data() + (ph.a * s.W + ph.b) * L);
+          forward_stencil<acc>(gpad.data(), j.wt + (cb * g.taps + ph.first) * L, g.phase_stencil(ph, row, col),
+                               dst + ph.a * row + ph.b * col);
         }
       }
       if (j.relu) {
-        relu_grad_mask<acc>(dx.data(), s.H, s.W, plane.data(), g.in);
+        relu_grad_mask<acc>(dst, s.H, s.W, row, col, plane.data(), g.in);
       }
-      store_dense<scalar_t, acc>(dx.data(), s.H, s.W, j.vd, n, c0, nc, j.dx);
+      if (!direct) {
+        store_dense<scalar_t, acc>(dx.data(), s.H, s.W, j.vd, n, c0, nc, j.dx);
+      }
     }
   }
 }
