@@ -178,8 +178,9 @@ def test_as_stage_genotypes():
 # ------------------------------------------------------------------------------------ final network
 def test_chain_macro_reproduces_darts_stacking(seed):
     # "pair" mode: each cell's two kept predecessors feed c_{k-2}, c_{k-1}; with the skip chain this is
-    # DARTS's NetworkCIFAR exactly: same parameter names, same outputs (aux head included).
-    ref = NetworkCIFAR(2, 10, 8, True, DARTS_V2, 0.0)
+    # DARTS's NetworkCIFAR exactly: same parameter names, same outputs (aux head included). Both NCHW, so
+    # bit-equality holds (the H-DAS network does not run channels_last yet).
+    ref = NetworkCIFAR(2, 10, 8, True, DARTS_V2, 0.0, channels_last=False)
     net = build_hdas_network(DARTS_V2, chain_macro_genotype([2, 2, 2]), channels=2, auxiliary=True,
                              drop_path_prob=0.0)
     assert sorted(net.state_dict()) == sorted(ref.state_dict())

