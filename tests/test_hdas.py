@@ -21,8 +21,8 @@ from hnas_fast.nn.stage_dag import (
     edge_strengths,
     stage_depth_loss,
 )
+from hnas_fast.search.__main__ import main
 from hnas_fast.search.genotype import DARTS_V2, STACNAS_CIFAR
-from hnas_fast.search.hdas import HDASConfig, main, run_hdas_from_config
 from hnas_fast.search.macro_genotype import (
     STAGE_OPS,
     MacroGenotype,
@@ -259,19 +259,25 @@ def test_per_stage_cells_in_final_network(seed):
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match="does not fit stage"):
-        HDASConfig(cells_per_stage=(2, 2, 2), window=4).validate()
-    with pytest.raises(ValueError, match="n_min"):
-        HDASConfig(cells_per_stage=(4, 4, 4), window=3, n_min=1).validate()
-    with pytest.raises(ValueError, match="unknown H-DAS mode"):
-        HDASConfig(mode="x").validate()
-    with pytest.raises(ValueError, match="unknown H-DAS setting"):
-        run_hdas_from_config({"bogus": 1})
+    from hnas_fast.search.presets import ConfigError, make_config
+
+    def cfg(**kw):
+        return make_config("default", {"strategy": "hdas", **kw})
+
+    with pytest.raises(ConfigError, match="does not fit stage"):
+        cfg(cells_per_stage=(2, 2, 2), window=4)
+    with pytest.raises(ConfigError, match="n_min"):
+        cfg(cells_per_stage=(4, 4, 4), window=3, n_min=1)
+    with pytest.raises(ConfigError, match="unknown hdas_mode"):
+        cfg(hdas_mode="x")
+    with pytest.raises(ConfigError, match="unknown setting"):
+        cfg(bogus=1)
+    assert cfg(window=0).window == 0  # 0: no window, as the help says
 
 
 # --------------------------------------------------------------------------------------- searches
-_TINY = ["--data", "digits", "--image-size", "8", "--batch-size", "16", "--epochs", "1", "--max-steps", "2",
-         "--channels", "4", "--quiet"]
+_TINY = ["--strategy", "hdas", "--image-size", "8", "--batch-size", "64", "--epochs", "1", "--channels", "4",
+         "--quiet"]
 
 
 def test_hsdas_search_from_command_line(tmp_path):
@@ -282,43 +288,54 @@ def test_hsdas_search_from_command_line(tmp_path):
     macro = load_macro_genotype(out / "macro_genotype.json")
     assert macro.cells_per_stage == (2, 2, 2) and macro.window == 3
     assert (out / "stages.png").stat().st_size > 0 and (out / "stages.svg").is_file()
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert sum(r["type"] == "step" for r in log) == 2 and "depth_loss" in log[0]
+    log = [json.loads(line) for line in (out / "hsdas" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if r["type"] == "step"]
+    assert len(steps) == 12 and "depth_loss" in steps[0]
     net = build_hdas_network(out / "cell_genotypes.json", macro, channels=2, auxiliary=False)
     assert net(torch.randn(2, 3, 8, 8))[0].shape == (2, 10)
 
 
 def test_distribution_search_then_second_pass(tmp_path):
-    res = run_hdas_from_config({"mode": "hsdas", "data": "digits", "image_size": 8, "batch_size": 16,
-                                "epochs": 1, "max_steps": 1, "channels": 4, "cells_per_stage": [2, 2, 2],
-                                "window": 2, "n_min": 1}, tmp_path)
+    rc = main([*_TINY, "--cells-per-stage", "2", "2", "2", "--window", "2", "--n-min", "1", "--no-plots",
+               "--out", str(tmp_path)])
+    assert rc == 0
     chosen = json.loads((tmp_path / "distribution" / "cells_per_stage.json").read_text())["cells_per_stage"]
     assert all(1 <= n <= 2 for n in chosen)
-    assert res.macro.cells_per_stage == tuple(chosen)
-    assert load_macro_genotype(tmp_path / "macro_genotype.json") == res.macro
+    macro = load_macro_genotype(tmp_path / "macro_genotype.json")
+    assert macro.cells_per_stage == tuple(chosen)
+    assert json.loads((tmp_path / "hsdas" / "config.json").read_text())["seed"] == 1  # a new supernet
+    log = [json.loads(line) for line in (tmp_path / "distribution" / "log.jsonl").read_text().splitlines()]
+    assert "comp_loss" in next(r for r in log if r["type"] == "step")
 
 
 def test_hcdas_search(tmp_path):
-    res = run_hdas_from_config({"mode": "hcdas", "data": "digits", "image_size": 8, "batch_size": 16,
-                                "epochs": 1, "max_steps": 1, "channels": 2, "cells": 5}, tmp_path)
-    assert res.cells.num_stages == 3
-    assert (tmp_path / "stage_genotypes.json").is_file() and (tmp_path / "stage2_reduce.png").is_file()
+    rc = main([*_TINY, "--hdas-mode", "hcdas", "--channels", "2", "--cells", "5", "--stem-multiplier", "2",
+               "--out", str(tmp_path)])
+    assert rc == 0
+    cells = stage_genotypes_from_json((tmp_path / "stage_genotypes.json").read_text())
+    assert cells.num_stages == 3 and (tmp_path / "stage2_reduce.png").is_file()
+    stored = json.loads((tmp_path / "hcdas" / "config.json").read_text())
+    assert stored["stem_multiplier"] == 2 and stored["cells"] == 5  # no flag is dropped
     net = build_hdas_network(tmp_path / "stage_genotypes.json", chain_macro_genotype([1, 1, 1]), channels=2,
                              auxiliary=False)
     assert net(torch.randn(2, 3, 8, 8))[0].shape == (2, 10)
 
 
 def test_stacnas_then_hsdas_pipeline(tmp_path):
-    res = run_hdas_from_config({
-        "mode": "stacnas+hdas", "data": "digits", "image_size": 8, "batch_size": 16, "epochs": 1,
-        "max_steps": 1, "channels": 2, "cells_per_stage": [1, 1, 1], "window": 2, "plots": False,
-        "stacnas": {"stage1_cells": 3, "stage2_cells": 3, "stage1_channels": 2, "stage2_channels": 2,
-                    "stage1_epochs": 1, "stage2_epochs": 1}}, tmp_path)
+    rc = main([*_TINY, "--hdas-mode", "stacnas+hdas", "--channels", "2", "--cells", "3",
+               "--stage2-cells", "3", "--cells-per-stage", "1", "1", "1", "--window", "2",
+               "--no-plots", "--out", str(tmp_path)])
+    assert rc == 0
     from hnas_fast.search.genotype import load_genotype
 
     found = load_genotype(tmp_path / "stacnas" / "genotype.json")
-    assert res.cells.stages == (found,) * 3  # Hs-DAS wired the StacNAS cell
-    assert json.loads((tmp_path / "config.json").read_text())["mode"] == "stacnas+hdas"
+    cells = stage_genotypes_from_json((tmp_path / "cell_genotypes.json").read_text())
+    assert cells.stages == (found,) * 3  # Hs-DAS wired the StacNAS cell
+    assert json.loads((tmp_path / "config.json").read_text())["hdas_mode"] == "stacnas+hdas"
+    # The size flags reach the StacNAS half too, one-level.
+    stage1 = json.loads((tmp_path / "stacnas" / "stage1" / "config.json").read_text())
+    sizes = (stage1["cells"], stage1["channels"], stage1["epochs"], stage1["strategy"])
+    assert sizes == (3, 2, 1, "one-level")
     assert load_macro_genotype(tmp_path / "macro_genotype.json").cells_per_stage == (1, 1, 1)
 
 
@@ -349,15 +366,3 @@ def test_stage_diagram_formats(tmp_path):
     assert plot_stages(m, tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="extension"):
         plot_stages(m, tmp_path / "s.gif")
-
-
-def test_run_from_search_config(tmp_path):
-    from hnas_fast.search.presets import make_config
-
-    cfg = make_config("default", {"epochs": 1, "max_steps": 1, "image_size": 8, "channels": 2,
-                                  "batch_size": 16, "plots": False})
-    cfg.hdas = {"cells_per_stage": [1, 1, 1], "window": 2}  # H-DAS settings the CLI would carry
-    res = run_hdas_from_config(cfg, tmp_path)
-    assert res.macro.cells_per_stage == (1, 1, 1)
-    stored = json.loads((tmp_path / "config.json").read_text())
-    assert stored["channels"] == 2 and stored["data"] == "digits" and stored["mode"] == "hsdas"

@@ -120,5 +120,7 @@ def test_channels_last_default_same_values_and_keys(seed):
     r, r_aux = torch.randn_like(a), torch.randn_like(a_aux)  # a plain sum has ~0 gradient through the BNs
     ((a * r).sum() + (a_aux * r_aux).sum()).backward()
     ((b * r).sum() + (b_aux * r_aux).sum()).backward()
+    # design.md's norm-relative error: elementwise checks fail on gradients that cancel to ~0, where
+    # the summation order alone moves them by eps x the magnitude of their terms.
     for (name, p), q in zip(cl.named_parameters(), nchw.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12, msg=name)
+        assert ((p.grad - q.grad).norm() / q.grad.norm()).item() <= 1e-10, name

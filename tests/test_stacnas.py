@@ -11,12 +11,10 @@ import torch
 from hnas_fast.nn.supernet import build_supernet
 from hnas_fast.search.genotype import genotype_from_json, validate_genotype
 from hnas_fast.search.stacnas import (
-    StacNASConfig,
     StageTwoSupernet,
     alpha_entropy,
     genotype_diagnostics,
     inherit_weights,
-    run_stacnas,
     stage_two_edge_ops,
     winning_groups,
 )
@@ -133,76 +131,79 @@ def test_alpha_entropy_and_diagnostics():
     assert d["reduce"] == {"skip_connect": 3, "parameter_free": 8}
 
 
+def _stacnas(out, **settings):
+    """A tiny StacNAS pipeline on the digits at 8x8 (one epoch per stage)."""
+    from hnas_fast.search.pipeline import run_pipeline
+    from hnas_fast.search.presets import make_config
+
+    base = dict(strategy="stacnas", image_size=8, batch_size=32, cells=3, channels=4, stage2_cells=4,
+                epochs=1, plots=False, quiet=True, out=str(out))
+    return run_pipeline(make_config("default", {**base, **settings}))
+
+
 def test_tiny_two_stage_run(tmp_path, seed):
-    cfg = StacNASConfig(space="s1", data="digits", image_size=8, batch_size=16, stage1_cells=3,
-                        stage1_channels=4, stage2_cells=4, stage2_channels=4, stage1_epochs=1,
-                        stage2_epochs=1,
-                        max_steps=2, inherit_weights=True, seed=seed % 1000, out=str(tmp_path / "run"),
-                        plots=False)
-    lines: list[str] = []
-    res = run_stacnas(cfg, log=lines.append)
-    space = get_space("s1")
-    validate_genotype(res.genotype, space)
-    for which, edges in (("normal", res.normal_ops), ("reduce", res.reduce_ops)):
-        wins = res.winning_normal if which == "normal" else res.winning_reduce
-        for e, g in enumerate(wins):
-            assert set(edges[e]) == set(space.groups[g]) | {"none"}
-        for idx, (op, j) in enumerate(getattr(res.genotype, which)):
-            assert op in space.groups[wins[_edge_index(idx // 2, j)]]
-    # Stage 2 was built at its own depth; its edges hold exactly the winning groups' members.
-    assert res.stage2 is not None and len(res.stage2.cells) == 4
-    for cell in res.stage2.cells:
-        assert list(cell.edge_ops) == (res.reduce_ops if cell.reduction else res.normal_ops)
-    assert res.inherited > 0
     out = tmp_path / "run"
-    assert genotype_from_json((out / "genotype.json").read_text()) == res.genotype
+    res = _stacnas(out, inherit_weights=True, seed=seed % 1000)
+    assert res.finished and res.files[0] == out / "genotype.json"
+    space = get_space("s1")
+    validate_genotype(res.result, space)
     summary = json.loads((out / "stacnas.json").read_text())
-    assert len(summary["stage2_edge_ops"]["normal"]) == 14
+    for which in ("normal", "reduce"):
+        wins = summary["winning_groups"][which]
+        edges = summary["stage2_edge_ops"][which]
+        assert len(edges) == 14
+        for e, group in enumerate(wins):
+            assert set(edges[e]) == set(group) | {"none"}
+        for idx, (op, j) in enumerate(getattr(res.result, which)):
+            assert op in wins[_edge_index(idx // 2, j)]
+    # Stage 2 was built at its own depth, one-level, and started from stage-1 weights.
+    stage2 = json.loads((out / "stage2" / "config.json").read_text())
+    assert (stage2["cells"], stage2["strategy"], stage2["epochs"]) == (4, "one-level", 1)
+    assert summary["inherited_tensors"] > 0
+    assert genotype_from_json((out / "genotype.json").read_text()) == res.result
     assert "alpha_entropy_mean" in summary["diagnostics"]["normal"]
     assert load_space(out / "space.json") == space
-    assert any(line.startswith("stage2 epoch") for line in lines)
+    assert json.loads((out / "pipeline.json").read_text())["done"].keys() == {"stage1", "stage2"}
 
 
 def test_groups_from_file_and_bad_config(tmp_path):
+    from hnas_fast.search.presets import ConfigError, make_config
+
     custom = get_space("s4").to_dict()
     path = tmp_path / "g.json"
     path.write_text(json.dumps(custom))
-    cfg = StacNASConfig(space="s4", groups=str(path), data="digits", image_size=8, batch_size=8,
-                        stage1_cells=3, stage1_channels=2, stage2_cells=3, stage2_channels=2, stage1_epochs=1,
-                        stage2_epochs=1, max_steps=1, plots=False)
-    res = run_stacnas(cfg)
-    assert res.space == get_space("s4")
+    res = _stacnas(tmp_path / "a", space="s4", groups=str(path), channels=2, stage2_cells=3)
+    assert load_space(tmp_path / "a" / "space.json") == get_space("s4")
+    validate_genotype(res.result, get_space("s4"))
     with pytest.raises(ValueError, match="unknown search space"):
-        run_stacnas(StacNASConfig(space="nope", data="digits"))
-    with pytest.raises(ValueError, match="stage2_cells"):
-        StacNASConfig(stage2_cells=2).validate()
-    with pytest.raises(ValueError, match="has ops"):
-        run_stacnas(StacNASConfig(space="s1", groups=str(path), data="digits"))
+        _stacnas(tmp_path / "b", space="nope")
+    with pytest.raises(ConfigError, match="stage2_cells"):
+        make_config("default", {"strategy": "stacnas", "stage2_cells": 2})
+    with pytest.raises(ConfigError, match="has ops"):
+        _stacnas(tmp_path / "c", space="s1", groups=str(path))
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 
 def test_groups_from_correlation(tmp_path):
     """groups="correlation": a full-space supernet is trained, correlated and clustered first."""
-    cfg = StacNASConfig(space="s1", groups="correlation", data="digits", image_size=8, batch_size=8,
-                        stage1_cells=3, stage1_channels=2, stage2_cells=3, stage2_channels=2, stage1_epochs=1,
-                        stage2_epochs=1, correlation_epochs=1, correlation_images=16, max_steps=1,
-                        out=str(tmp_path / "run"))
-    res = run_stacnas(cfg)
-    assert ("skip_connect",) in res.space.groups and res.space.name == "s1-clustered"
-    data = json.loads((tmp_path / "run" / "correlation.json").read_text())
+    out = tmp_path / "run"
+    res = _stacnas(out, groups="correlation", correlation_epochs=1, correlation_images=16, channels=2,
+                   stage2_cells=3, plots=True)
+    space = load_space(out / "space.json")
+    assert ("skip_connect",) in space.groups and space.name == "s1-clustered"
+    data = json.loads((out / "correlation.json").read_text())
     assert data["images"] == 16 and len(data["ops"]) == 6
-    assert (tmp_path / "run" / "correlation.png").is_file()
-    assert load_space(tmp_path / "run" / "space.json") == res.space
-    assert "correlation" in res.history
-    validate_genotype(res.genotype, get_space("s1"))
+    assert (out / "correlation.png").is_file()
+    assert (out / "correlation" / "log.jsonl").is_file()
+    validate_genotype(res.result, get_space("s1"))
 
 
-def test_from_search_config():
+def test_strategy_brings_the_papers_defaults():
     from hnas_fast.search.presets import make_config
 
-    cfg = make_config("stacnas_stage1", {"data": "digits"})
-    sc = StacNASConfig.from_search_config(cfg, stage2_cells=7, inherit_weights=True)
-    assert (sc.space, sc.stage1_cells, sc.stage1_epochs, sc.stage2_cells, sc.grad_clip, sc.ranking) == (
-        "s1", 14, 80, 7, 3.0, "logit")
-    assert sc.inherit_weights
-    with pytest.raises(ValueError, match="unknown StacNAS setting"):
-        StacNASConfig.from_search_config(cfg, bogus=1)
+    cfg = make_config("default", {"strategy": "stacnas"})
+    assert (cfg.space, cfg.ranking, cfg.grad_clip) == ("s1", "logit", 3.0)
+    assert cfg.stage2_size == (7, 8, 2)  # 5 cells x 20/14, the preset's width and epochs
+    assert make_config("default", {"strategy": "stacnas", "ranking": "weight"}).ranking == "weight"
+    paper = make_config("stacnas", {"data": "cifar10", "data_dir": "x"})
+    assert (paper.cells, paper.stage2_size, paper.grad_clip) == (14, (20, 16, 80), 3.0)

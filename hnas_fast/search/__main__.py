@@ -8,97 +8,125 @@ On several processes, launch it with ``torchrun``; ``--batch-size`` is then the 
 the processes), rank 0 writes the run directory, and ``--resume`` may use another number of processes:
 
     torchrun --nproc_per_node=4 -m hnas_fast.search --data imagenet --data-dir DIR --batch-size 256 ...
+    torchrun --nproc_per_node=4 -m hnas_fast.search --strategy stacnas --data imagenet --data-dir DIR ...
+    python -m hnas_fast.search --resume RUN_DIR      # a search or a pipeline, where it stopped
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from hnas_fast.search.presets import PRESETS, ConfigError, load_config_file, make_config
+from hnas_fast.distributed import cleanup, is_main_process
+from hnas_fast.nn.hc_supernet import StageGenotypes
+from hnas_fast.search.genotype import genotype_to_str
+from hnas_fast.search.macro_genotype import MacroGenotype
+from hnas_fast.search.pipeline import PIPELINE_STATE, PipelineResult, run_pipeline
+from hnas_fast.search.presets import (
+    IMAGE_BACKENDS,
+    PRESETS,
+    VALIDATE_MODES,
+    ConfigError,
+    load_config_file,
+    make_config,
+)
+from hnas_fast.search.runner import SearchRun
+from hnas_fast.search.strategy import STRATEGIES, NonFiniteLossError
 
 # flag -> SearchConfig field, for flags whose value goes straight into the config
 _FLAGS = {
     "strategy": "strategy", "data": "data", "data_dir": "data_dir", "space": "space", "cells": "cells",
-    "channels": "channels", "epochs": "epochs", "batch_size": "batch_size", "split": "split",
-    "image_size": "image_size", "backend": "backend", "ranking": "ranking", "seed": "seed", "out": "out",
-    "max_steps": "max_steps", "checkpoint_every": "checkpoint_every", "workers": "workers",
-    "device": "device", "grad_clip": "grad_clip", "runs_dir": "runs_dir", "dali": "dali",
-    "validate": "image_validate",
+    "channels": "channels", "nodes": "nodes", "stem_multiplier": "stem_multiplier", "epochs": "epochs",
+    "batch_size": "batch_size", "split": "split", "image_size": "image_size", "backend": "backend",
+    "ranking": "ranking", "seed": "seed", "out": "out", "max_steps": "max_steps",
+    "checkpoint_every": "checkpoint_every", "workers": "workers", "device": "device",
+    "grad_clip": "grad_clip", "runs_dir": "runs_dir", "dali": "dali", "validate": "image_validate",
+    "groups": "groups", "stage2_cells": "stage2_cells", "stage2_channels": "stage2_channels",
+    "stage2_epochs": "stage2_epochs", "correlation_epochs": "correlation_epochs",
+    "correlation_images": "correlation_images", "correlation_threshold": "correlation_threshold",
+    "hdas_mode": "hdas_mode", "hdas_strategy": "hdas_strategy", "cell_genotype": "cell_genotype",
+    "cells_per_stage": "cells_per_stage", "window": "window", "depth_weight": "depth_weight",
+    "comp_weight": "comp_weight", "n_min": "n_min", "hdas_stem_multiplier": "hdas_stem_multiplier",
 }
+_SWITCHES = {"memory_saving": ("memory_saving", True), "deterministic": ("deterministic", True),
+             "no_plots": ("plots", False), "quiet": ("quiet", True), "check_sync": ("check_sync", True),
+             "inherit_weights": ("inherit_weights", True), "no_second_pass": ("second_pass", False)}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command-line interface."""
+    """The command-line interface: every strategy reads the same flags, config file and presets."""
     p = argparse.ArgumentParser(prog="python -m hnas_fast.search", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="default", help=f"one of {', '.join(PRESETS)} (default: default)")
-    p.add_argument("--config", help="JSON or YAML file of settings (applied over the preset)")
-    p.add_argument("--strategy", help="one-level | darts (first order) | darts2 (second order) | "
-                   "stacnas (two-stage StacNAS pipeline) | hdas (H-DAS: Hc-DAS, Hs-DAS, stacnas+hdas)")
+    p.add_argument("--config", help="JSON or YAML file of settings, flat or by section (over the preset)")
+    p.add_argument("--strategy", help=f"{' | '.join(STRATEGIES)} (one search) | stacnas (the two-stage "
+                   "StacNAS pipeline) | hdas (H-DAS: --hdas-mode hcdas, hsdas, stacnas+hdas)")
     p.add_argument("--data", help="digits | cifar10 | cifar100 | folder | imagenet (an ImageNet-style "
                    "folder through DALI or torchvision, corrupt files skipped)")
     p.add_argument("--data-dir", help="local folder with the data (cifar-10-batches-py, ImageFolder, ...)")
-    p.add_argument("--dali", choices=("auto", "dali", "torchvision"),
+    p.add_argument("--dali", choices=IMAGE_BACKENDS,
                    help="--data imagenet: image pipeline (auto: DALI when installed, else torchvision)")
-    p.add_argument("--validate", choices=("header", "decode", "none"),
+    p.add_argument("--validate", choices=VALIDATE_MODES,
                    help="--data imagenet: check each file before the search (default header)")
     p.add_argument("--space", help="darts | s1..s5 | NAME/stage1 | NAME/groupI | path.json")
-    p.add_argument("--cells", type=int)
-    p.add_argument("--channels", type=int)
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--cells", type=int, help="supernet depth (StacNAS: stage 1's; Hc-DAS: its supernet's)")
+    p.add_argument("--channels", type=int, help="C of the first cells (every search of a pipeline)")
+    p.add_argument("--nodes", type=int, help="intermediate nodes per cell (default 4)")
+    p.add_argument("--stem-multiplier", type=int, help="stem width in C of the cell supernets (default 3)")
+    p.add_argument("--epochs", type=int, help="epochs of each search (StacNAS: stage 1's)")
     p.add_argument("--batch-size", type=int, help="global batch: divided among torchrun's processes")
     p.add_argument("--split", type=float, help="fraction of the training set for weights (two-level)")
     p.add_argument("--image-size", type=int)
-    p.add_argument("--memory-saving", action="store_true", default=None,
-                   help="recompute candidates in backward")
+    p.add_argument("--memory-saving", action="store_true", help="recompute candidates in backward")
     p.add_argument("--backend", help="auto | cpp | cuda | triton | reference (mixed-edge kernels)")
     p.add_argument("--ranking", help="weight (DARTS) | logit (StacNAS, H-DAS) edge ranking for the genotype")
     p.add_argument("--seed", type=int)
-    p.add_argument("--deterministic", action="store_true", default=None)
+    p.add_argument("--deterministic", action="store_true")
     p.add_argument("--device", help="auto | cpu | cuda[:i]")
     p.add_argument("--workers", type=int, help="data-loader worker processes (0: exact resume)")
     p.add_argument("--grad-clip", type=float)
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (and at each epoch end)")
     p.add_argument("--out", help="run directory (default runs/<preset>-<timestamp>)")
     p.add_argument("--runs-dir", help="parent of timestamped run directories (default runs)")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
-    p.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after this many steps in all")
+    p.add_argument("--resume", metavar="DIR", help="continue the run or pipeline in DIR where it stopped")
+    p.add_argument("--max-steps", type=int,
+                   help="stop (with a checkpoint) after this many steps in all (a pipeline: all stages)")
     p.add_argument("--no-plots", action="store_true", help="skip the cell diagrams")
     p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     p.add_argument("--check-sync", action="store_true",
                    help="under torchrun: assert identical alphas on every rank after each step (debugging)")
-    st = p.add_argument_group("StacNAS (--strategy stacnas): stage 1 uses --cells/--channels/--epochs")
+    st = p.add_argument_group("StacNAS (--strategy stacnas, --hdas-mode stacnas+hdas)")
     st.add_argument("--groups", help="preset (the space groups) | correlation (cluster first) | FILE.json")
     st.add_argument("--stage2-cells", type=int,
-                    help="stage-2 depth (default: stage-1 cells x 20/14, the paper's 14 -> 20)")
-    st.add_argument("--stage2-epochs", type=int, help="stage-2 epochs (default: as stage 1)")
+                    help="stage-2 depth (default: --cells x 20/14, the paper's 14 -> 20)")
+    st.add_argument("--stage2-channels", type=int, help="stage-2 C (default: --channels)")
+    st.add_argument("--stage2-epochs", type=int, help="stage-2 epochs (default: --epochs)")
     st.add_argument("--inherit-weights", action="store_true", help="stage 2 starts from stage-1 weights")
+    st.add_argument("--correlation-epochs", type=int, help="--groups correlation: pre-training epochs")
+    st.add_argument("--correlation-images", type=int, help="--groups correlation: images correlated")
+    st.add_argument("--correlation-threshold", type=float, help="--groups correlation: clustering cut")
     hd = p.add_argument_group("H-DAS (--strategy hdas)")
-    from hnas_fast.search.hdas import CLI_FLAGS
-
-    for flag, (_, typ, text) in CLI_FLAGS.items():
-        # --stem-multiplier already means the DARTS stem of the main parser.
-        name = "--hdas-stem-multiplier" if flag == "--stem-multiplier" else flag
-        hd.add_argument(name, type=typ, nargs="+" if flag == "--cells-per-stage" else None, help=text)
+    hd.add_argument("--hdas-mode", help="hcdas | hsdas | stacnas+hdas (default hsdas)")
+    hd.add_argument("--hdas-strategy", help=f"optimization of the H-DAS searches: {' | '.join(STRATEGIES)} "
+                    "(default darts)")
+    hd.add_argument("--cell-genotype", help="cells Hs-DAS wires: preset, Genotype string, or JSON file")
+    hd.add_argument("--cells-per-stage", type=int, nargs="+", help="cells of each stage, e.g. 6 6 6")
+    hd.add_argument("--window", type=int, help="sliding window m (0: none; default 3)")
+    hd.add_argument("--depth-weight", type=float, help="delta, weight of the depth loss")
+    hd.add_argument("--comp-weight", type=float, help="gamma, weight of the complexity loss")
+    hd.add_argument("--n-min", type=int, help="fewest cells per stage: turns on the distribution search")
     hd.add_argument("--no-second-pass", action="store_true", help="stop after the distribution search")
+    hd.add_argument("--hdas-stem-multiplier", type=int, help="Hs-DAS stem width in C (default 4)")
     return p
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out = {field: getattr(args, flag) for flag, field in _FLAGS.items() if getattr(args, flag) is not None}
-    if args.memory_saving:
-        out["memory_saving"] = True
-    if args.deterministic:
-        out["deterministic"] = True
-    if args.no_plots:
-        out["plots"] = False
-    if args.quiet:
-        out["quiet"] = True
-    if args.check_sync:
-        out["check_sync"] = True
+    for flag, (field, value) in _SWITCHES.items():
+        if getattr(args, flag):
+            out[field] = value
     return out
 
 
@@ -107,38 +135,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     2: bad input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.strategy in ("stacnas", "hdas") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Their pipelines chain several runs in one process and write directly: one process only.
-        print(f"{parser.prog}: error: --strategy {args.strategy} runs on one process; launch it without "
-              "torchrun", file=sys.stderr)
-        return 2
-    if args.strategy == "stacnas":
-        return _main_stacnas(parser, args)
-    if args.strategy == "hdas":
-        return _main_hdas(parser, args)
-    from hnas_fast.distributed import cleanup
-
     try:
-        return _main_search(parser, args)
+        return _main(parser, args)
     finally:
         cleanup()  # leave torchrun's process group (a no-op on one process)
 
 
-def _main_search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """One search run (on one process, or on each of torchrun's)."""
-    from hnas_fast.search.strategy import NonFiniteLossError
-
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         file_layer = load_config_file(args.config) if args.config else {}
         cfg = make_config(args.preset, file_layer, _overrides(args))
-        from hnas_fast.search.runner import SearchRun
-
+        pipeline = cfg.pipeline if args.resume is None else (Path(args.resume) / PIPELINE_STATE).is_file()
+        if pipeline:
+            log = None if cfg.quiet else (lambda m: print(m, file=sys.stderr))
+            return _report_pipeline(run_pipeline(cfg, resume=args.resume, log=log))
         run = SearchRun(cfg, resume=args.resume)
+        result = run.run()
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
-    try:
-        result = run.run()
     except NonFiniteLossError as e:
         print(f"{parser.prog}: stopped: {e}", file=sys.stderr)
         return 1
@@ -149,76 +164,28 @@ def _main_search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
     return 0
 
 
-def _main_stacnas(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """The StacNAS pipeline: stage 1 over group representatives, stage 2 over each edge's winning group."""
-    from hnas_fast.search.runner import new_run_dir
-    from hnas_fast.search.stacnas import StacNASConfig, run_stacnas
-    from hnas_fast.search.strategy import NonFiniteLossError
-
-    if args.resume:
-        print(f"{parser.prog}: error: --resume is not supported by --strategy stacnas", file=sys.stderr)
-        return 2
-    try:
-        file_layer = load_config_file(args.config) if args.config else {}
-        overrides = {**_overrides(args), "strategy": "one-level"}  # StacNAS optimizes one-level
-        if args.space is None and args.preset == "default":
-            overrides["space"] = "s1"
-        cfg = make_config(args.preset, file_layer, overrides)
-        stage2_cells = args.stage2_cells or max(cfg.cells, round(cfg.cells * 20 / 14))
-        extra = {"stage2_cells": stage2_cells, "stage2_epochs": args.stage2_epochs or cfg.epochs,
-                 "inherit_weights": bool(args.inherit_weights), "groups": args.groups or "preset"}
-        out = new_run_dir(dataclasses.replace(cfg, name=f"stacnas-{cfg.name}"))
-        stac = StacNASConfig.from_search_config(dataclasses.replace(cfg, out=str(out)), **extra)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
-    try:
-        result = run_stacnas(stac, log=None if cfg.quiet else print)
-    except NonFiniteLossError as e:
-        print(f"{parser.prog}: stopped: {e}", file=sys.stderr)
-        return 1
-    print(f"stacnas finished: run directory {result.out}")
-    print(f"genotype: {result.out / 'genotype.json'} ({result.out / 'genotype.txt'})")
+def _report_pipeline(result: PipelineResult) -> int:
+    if not is_main_process():
+        return 0
+    cfg = json.loads((result.run_dir / "config.json").read_text())
+    what = cfg["strategy"] if cfg["strategy"] == "stacnas" else f"hdas ({cfg['hdas_mode']})"
+    if not result.finished:
+        print(f"{what} stopped after {result.steps} steps (--max-steps): run directory {result.run_dir}; "
+              f"--resume {result.run_dir} continues it")
+        return 0
+    print(f"{what} finished after {result.steps} steps: run directory {result.run_dir}")
+    print(f"result: {_describe(result.result)}")
+    for f in result.files:
+        print(f"  {f}")
     return 0
 
 
-def _main_hdas(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """H-DAS: stage-specific cells (Hc-DAS) or the stage-level DAG search (Hs-DAS) over given cells."""
-    import types
-
-    from hnas_fast.search.hdas import CLI_FLAGS, run_hdas_from_config
-    from hnas_fast.search.runner import new_run_dir
-    from hnas_fast.search.strategy import NonFiniteLossError
-
-    if args.resume:
-        print(f"{parser.prog}: error: --resume is not supported by --strategy hdas", file=sys.stderr)
-        return 2
-    try:
-        file_layer = load_config_file(args.config) if args.config else {}
-        overrides = _overrides(args)
-        overrides.pop("strategy")
-        cfg = make_config(args.preset, file_layer, overrides)
-        hdas: dict[str, Any] = {}
-        for flag, (name, _, _) in CLI_FLAGS.items():
-            dest = "hdas_stem_multiplier" if flag == "--stem-multiplier" else flag[2:].replace("-", "_")
-            if getattr(args, dest) is not None:
-                hdas[name] = getattr(args, dest)
-        if args.no_second_pass:
-            hdas["second_pass"] = False
-        if args.preset == "default":  # the embedded-data preset: a stage DAG small enough for a CPU
-            hdas.setdefault("cells_per_stage", [2, 2, 2])
-        out = new_run_dir(dataclasses.replace(cfg, name=f"hdas-{cfg.name}"))
-        # A SearchConfig's shared fields plus the H-DAS ones, as run_hdas_from_config reads them.
-        config = types.SimpleNamespace(**dataclasses.asdict(cfg), hdas=hdas)
-        result = run_hdas_from_config(config, out, log=None if cfg.quiet else print)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as e:
-        print(f"{parser.prog}: stopped: {e}", file=sys.stderr)
-        return 1
-    print(f"hdas finished: run directory {result.out or out}")
-    return 0
+def _describe(result: Any) -> str:
+    if isinstance(result, MacroGenotype):
+        return f"stage DAGs with {list(result.cells_per_stage)} cells per stage"
+    if isinstance(result, StageGenotypes):
+        return f"{result.num_stages} stage-specific cells"
+    return genotype_to_str(result)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
+import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,63 +52,17 @@ from hnas_fast.distributed import (
     equal_steps,
     init_distributed,
 )
-from hnas_fast.search.genotype import Genotype, genotype_to_json, genotype_to_str
+from hnas_fast.files import atomic_torch_save, atomic_write_text
 from hnas_fast.search.presets import ConfigError, SearchConfig, config_from_dict
+from hnas_fast.search.stages import Stage
 from hnas_fast.search.strategy import NonFiniteLossError, SearchStrategy, make_strategy
-from hnas_fast.spaces import SearchSpace, get_space, load_space
+from hnas_fast.spaces import resolve_space
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 
 
 # ------------------------------------------------------------------------------------------------ files
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some file systems do not open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace`` onto ``path``.
-
-    A reader (or a crash) sees either the old file or the complete new one, never a torn write.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` atomically (temporary file, fsync, ``os.replace``)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint written by this module (tensors and plain containers only: ``weights_only``)."""
     return torch.load(path, map_location="cpu", weights_only=True)
@@ -176,34 +129,13 @@ def seed_everything(seed: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ setup
-def resolve_space(spec: str | SearchSpace) -> SearchSpace:
-    """A space from a name (``darts``, ``s1``..``s5``), ``NAME/stage1`` (StacNAS group keys),
-    ``NAME/groupI`` (StacNAS stage 2 on group I), or a ``.json``/``.yaml`` file."""
-    if isinstance(spec, SearchSpace):
-        return spec
-    if Path(spec).suffix.lower() in (".json", ".yaml", ".yml"):
-        if not Path(spec).is_file():
-            raise FileNotFoundError(f"search-space file not found: {spec}")
-        return load_space(spec)
-    base, _, view = spec.partition("/")
-    space = get_space(base)
-    if not view:
-        return space
-    if view == "stage1":
-        return space.stage1()
-    m = re.fullmatch(r"group(\d+)", view)
-    if m:
-        return space.subspace(int(m.group(1)))
-    raise ValueError(f"unknown space view {view!r} in {spec!r}; use NAME/stage1 or NAME/groupI")
-
-
 def _device(cfg: SearchConfig) -> torch.device:
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(cfg.device)
 
 
-def _init_context(cfg: SearchConfig) -> DistributedContext:
+def init_context(cfg: SearchConfig) -> DistributedContext:
     """torchrun's process group (or a single-process context); ``--device cpu`` forces gloo on CPUs."""
     if cfg.device in ("auto", "cuda"):
         return init_distributed()  # under torchrun each process takes GPU LOCAL_RANK when CUDA is there
@@ -274,12 +206,21 @@ def _progress_enabled(cfg: SearchConfig) -> bool:
     return not cfg.quiet and sys.stderr.isatty()
 
 
+def _fault_injection(run_dir: Path, step: int) -> None:
+    """``HNAS_FAST_KILL_AT=NAME:STEP`` SIGKILLs this process right after step STEP of the run whose
+    directory is called NAME: the crash tests' deterministic kill (nothing is flushed or cleaned up)."""
+    spec = os.environ.get("HNAS_FAST_KILL_AT")
+    if spec and spec == f"{run_dir.name}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @dataclass
 class SearchResult:
-    """What a search produced."""
+    """What a search produced: a cell ``Genotype``, or what the stage derives (``StageGenotypes``,
+    ``MacroGenotype``)."""
 
     run_dir: Path
-    genotype: Genotype
+    genotype: Any
     steps: int
     finished: bool
 
@@ -302,19 +243,24 @@ class SearchRun:
     (e.g. H-DAS's depth and complexity losses); ``run.model`` is the supernet.
     """
 
-    def __init__(self, cfg: SearchConfig, resume: str | os.PathLike | None = None) -> None:
+    def __init__(self, cfg: SearchConfig, resume: str | os.PathLike | None = None,
+                 stage: Stage | None = None) -> None:
         self.resume_dir = Path(resume) if resume is not None else None
         if self.resume_dir is not None:
             cfg = self._stored_config(self.resume_dir, cfg)
         self.cfg = cfg.validate()
-        self.ctx = _init_context(cfg)
+        if cfg.pipeline:
+            raise ConfigError(f"strategy {cfg.strategy} is a pipeline of searches: run it with "
+                              "hnas_fast.search.pipeline.run_pipeline")
+        self.stage = stage if stage is not None else Stage()
+        self.ctx = init_context(cfg)
         ws = self.ctx.world_size
         if cfg.batch_size % ws:
             raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch and must divide by the "
                               f"{ws} processes (e.g. {max(ws, cfg.batch_size // ws * ws)})")
         self.device = self.ctx.device if self.ctx.distributed else _device(cfg)
         # Everything that can fail on bad input happens before the run directory is created.
-        self.space = resolve_space(cfg.space or "")
+        self.space = self.stage.space(cfg)
         self.bad_files: list[tuple[str, str]] = []
         self.image_backend: str | None = None
         if cfg.data == "imagenet":
@@ -329,19 +275,14 @@ class SearchRun:
                               for dl in self._loaders().values())
         self.run_dir = self.resume_dir if self.resume_dir is not None else self._new_run_dir(cfg)
         seed_everything(cfg.seed)
-        from hnas_fast.nn.supernet import build_supernet
-
-        self.model = build_supernet(
-            self.space, cells=cfg.cells, channels=cfg.channels, num_classes=num_classes, nodes=cfg.nodes,
-            multiplier=cfg.nodes,  # the cell output concatenates every intermediate node, as in DARTS
-            stem_multiplier=cfg.stem_multiplier, in_channels=in_ch, memory_saving=cfg.memory_saving,
-            mixed_backend=None if cfg.backend == "auto" else cfg.backend,
-        ).to(self.device)
+        self.model = self.stage.build(cfg, self.space, num_classes, in_ch).to(self.device)
+        if self.resume_dir is None:
+            self.stage.init_weights(self.model)
         broadcast_module(self.model, self.ctx)  # every rank starts from rank 0's weights and alphas
         self.strategy: SearchStrategy = make_strategy(
             cfg.strategy, self.model, epochs=cfg.epochs, w_lr=cfg.w_lr, w_lr_min=cfg.w_lr_min,
             w_momentum=cfg.w_momentum, w_wd=cfg.w_wd, grad_clip=cfg.grad_clip, a_lr=cfg.a_lr,
-            a_betas=cfg.a_betas, a_wd=cfg.a_wd,
+            a_betas=cfg.a_betas, a_wd=cfg.a_wd, loss_terms=self.stage.loss_terms(cfg),
         )
         # Averages every gradient across ranks before each optimizer step (a no-op on one process).
         self.averager = GradientAverager(self.model.parameters(), self.ctx).attach(
@@ -417,7 +358,7 @@ class SearchRun:
             "samplers": {k: sampler_of(dl).state_dict() for k, dl in loaders.items()},
             "loader_generators": {k: dl.generator.get_state() for k, dl in loaders.items()},
             "log_lines": {"log": self.log.lines, "alphas": self.alphas_log.lines},
-            "genotype": genotype_to_json(self.model.genotype(self.cfg.ranking), self.cfg.ranking),
+            "genotype": self.stage.to_json(self._result(), self.cfg.ranking),
         }
         if self.ctx.is_main:
             atomic_torch_save(state, self.run_dir / CHECKPOINT)
@@ -484,19 +425,14 @@ class SearchRun:
                 self._val_iter = None
         raise ValueError("the validation loader yields no batches")
 
-    def _write_outputs(self) -> Genotype:
-        g = self.model.genotype(self.cfg.ranking)
-        if not self.ctx.is_main:
-            return g
-        atomic_write_text(self.run_dir / "genotype.json",
-                          json.dumps(genotype_to_json(g, self.cfg.ranking), indent=1) + "\n")
-        atomic_write_text(self.run_dir / "genotype.txt", genotype_to_str(g) + "\n")
-        if self.cfg.plots:
-            from hnas_fast.viz.cells import plot_cell
+    def _result(self) -> Any:
+        return self.stage.result(self.model, self.cfg.ranking)
 
-            for which in ("normal", "reduce"):
-                plot_cell(g, which, self.run_dir / f"{which}.png")
-        return g
+    def _write_outputs(self) -> Any:
+        result = self._result()
+        if self.ctx.is_main:
+            self.stage.write_outputs(result, self.model, self.run_dir, self.cfg)
+        return result
 
     def run(self) -> SearchResult:
         """Run (or continue) the search; raises ``NonFiniteLossError`` on a NaN/inf loss.
@@ -581,6 +517,7 @@ class SearchRun:
                     self.pos.n += 1
                     self.log.write({"type": "step", "epoch": self.pos.epoch, "step": self.pos.global_step,
                                     **{k: round(v, 6) for k, v in metrics.items()}, "time": round(dt, 4)})
+                    _fault_injection(self.run_dir, self.pos.global_step)
                     bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['acc']:.3f}")
                     bar.update(1)
                     if cfg.max_steps is not None and self.pos.global_step >= cfg.max_steps:
@@ -596,15 +533,16 @@ class SearchRun:
                     self._checkpoint()
                     break
                 self.strategy.end_epoch()
-                g = self.model.genotype(cfg.ranking)
+                described = self.stage.describe(self._result())
                 means = {k: round(v / max(self.pos.n, 1), 6) for k, v in self.pos.sums.items()}
                 self.log.write({"type": "epoch", "epoch": self.pos.epoch, "step": self.pos.global_step,
                                 **means, "time": round(time.perf_counter() - t_epoch, 3),
-                                "elapsed": round(self.pos.elapsed, 3), "genotype": genotype_to_str(g)})
+                                "elapsed": round(self.pos.elapsed, 3), "genotype": described})
                 self.alphas_log.write({"epoch": self.pos.epoch + 1, "step": self.pos.global_step,
                                        "alphas": _softmaxed_alphas(self.model)})
                 if ctx.is_main and not cfg.quiet:
-                    print(f"epoch {self.pos.epoch + 1}/{cfg.epochs}: " +
+                    tag = "" if self.stage.name == "search" else f"{self.stage.name} "
+                    print(f"{tag}epoch {self.pos.epoch + 1}/{cfg.epochs}: " +
                           " ".join(f"{k}={v:.4g}" for k, v in means.items() if k != "lr"), file=sys.stderr)
                 self.pos.epoch += 1
                 self.pos.step_in_epoch = 0
@@ -619,7 +557,7 @@ class SearchRun:
         genotype = self._write_outputs()
         if not stopped:
             self.log.write({"type": "done", "step": self.pos.global_step,
-                            "genotype": genotype_to_str(genotype)})
+                            "genotype": self.stage.describe(genotype)})
         return SearchResult(self.run_dir, genotype, self.pos.global_step, finished=not stopped)
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from hnas_fast.spaces.space import SearchSpace
+import re
+from pathlib import Path
 
-__all__ = ["DARTS_PRIMITIVES", "SPACES", "get_space"]
+from hnas_fast.spaces.space import SearchSpace, load_space
+
+__all__ = ["DARTS_PRIMITIVES", "SPACES", "get_space", "resolve_space"]
 
 # DARTS's PRIMITIVES, in its order (genotypes and alpha columns follow it).
 DARTS_PRIMITIVES: tuple[str, ...] = (
@@ -75,3 +78,24 @@ def get_space(name: str | SearchSpace) -> SearchSpace:
         return SPACES[name.lower()]
     except KeyError:
         raise ValueError(f"unknown search space {name!r}; known spaces: {', '.join(SPACES)}") from None
+
+
+def resolve_space(spec: str | SearchSpace) -> SearchSpace:
+    """A space from a name (``darts``, ``s1``..``s5``), ``NAME/stage1`` (StacNAS group keys),
+    ``NAME/groupI`` (StacNAS stage 2 on group I), or a ``.json``/``.yaml`` file."""
+    if isinstance(spec, SearchSpace):
+        return spec
+    if Path(spec).suffix.lower() in (".json", ".yaml", ".yml"):
+        if not Path(spec).is_file():
+            raise FileNotFoundError(f"search-space file not found: {spec}")
+        return load_space(spec)
+    base, _, view = spec.partition("/")
+    space = get_space(base)
+    if not view:
+        return space
+    if view == "stage1":
+        return space.stage1()
+    m = re.fullmatch(r"group(\d+)", view)
+    if m:
+        return space.subspace(int(m.group(1)))
+    raise ValueError(f"unknown space view {view!r} in {spec!r}; use NAME/stage1 or NAME/groupI")
