@@ -1,4 +1,7 @@
-"""``python -m hnas_fast.train``: train and evaluate the final network of a genotype (DARTS's ``train.py``).
+"""``python -m hnas_fast.train``: train and evaluate the final network of what a search found (DARTS's
+``train.py``): a DARTS/StacNAS cell (NetworkCIFAR of ``--cells`` cells), Hc-DAS stage-specific cells (the
+H-DAS network, a chain of ``--cells`` cells) or Hs-DAS stage DAGs (the H-DAS network; its cell counts come
+from the macro genotype), given as a file or as the search's run directory.
 
 SGD (lr 0.025 cosine to 0, momentum 0.9, weight decay 3e-4, gradient-norm clip 5), auxiliary head weighted
 0.4, drop path rising linearly to 0.2, cutout 16: DARTS's CIFAR-10 evaluation setting (design.md §3). The
@@ -10,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +26,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from hnas_fast.data.loaders import DATASETS, make_final_loaders, sampler_of
-from hnas_fast.search.genotype import genotype_to_json, genotype_to_str, load_genotype, validate_genotype
+from hnas_fast.nn.hc_supernet import (
+    StageGenotypes,
+    as_stage_genotypes,
+    load_stage_genotypes,
+    stage_genotypes_from_json,
+    stage_genotypes_to_json,
+)
+from hnas_fast.nn.hdas_network import build_hdas_network
+from hnas_fast.nn.network import build_network
+from hnas_fast.search.genotype import (
+    Genotype,
+    genotype_from_json,
+    genotype_to_json,
+    genotype_to_str,
+    load_genotype,
+)
+from hnas_fast.search.macro_genotype import (
+    MacroGenotype,
+    chain_macro_genotype,
+    load_macro_genotype,
+    macro_from_json,
+    macro_to_json,
+)
 from hnas_fast.search.runner import (
     CHECKPOINT,
     JsonlLog,
@@ -44,8 +71,10 @@ _STORED = ("genotype", "data", "data_dir", "image_size", "cells", "channels", "e
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface (defaults: DARTS's CIFAR-10 evaluation)."""
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--genotype", help="a preset (DARTS_V2, STACNAS_CIFAR), a Genotype(...) string, or a file "
-                   "(genotype.json / genotype.txt of a search run)")
+    p.add_argument("--genotype", help="what a search found: a run directory (search or pipeline), its "
+                   "genotype.json / genotype.txt, stage_genotypes.json (Hc-DAS), macro_genotype.json "
+                   "(Hs-DAS, with cell_genotypes.json beside it), a preset (DARTS_V2) or a Genotype(...) "
+                   "string")
     p.add_argument("--data", default="digits", choices=DATASETS)
     p.add_argument("--data-dir")
     p.add_argument("--image-size", type=int, default=32,
@@ -103,6 +132,87 @@ class _Stop(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class Architecture:
+    """What a search found, in one of three kinds: ``cell`` (a DARTS/StacNAS cell genotype), ``stages``
+    (Hc-DAS: one cell per stage) or ``macro`` (Hs-DAS: per-stage cells wired by stage DAGs)."""
+
+    kind: str
+    cells: Genotype | StageGenotypes
+    macro: MacroGenotype | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form (what ``config.json`` stores and :func:`load_architecture` reads back)."""
+        if self.kind == "cell":
+            return {"kind": "cell", "genotype": genotype_to_json(self.cells)}
+        out = {"kind": self.kind, "cells": stage_genotypes_to_json(self.cells)}
+        if self.macro is not None:
+            out["macro"] = macro_to_json(self.macro)
+        return out
+
+    def describe(self) -> str:
+        if self.kind == "cell":
+            return genotype_to_str(self.cells)
+        if self.kind == "stages":
+            return f"{self.cells.num_stages} stage-specific cells"
+        return f"stage DAGs with {list(self.macro.cells_per_stage)} cells per stage"
+
+
+def load_architecture(spec: str | os.PathLike) -> Architecture:
+    """An architecture from a run directory (a search or pipeline: its ``macro_genotype.json`` with
+    ``cell_genotypes.json``, else ``stage_genotypes.json``, else ``genotype.json``), one of those files, a
+    stored :meth:`Architecture.to_json` string, or any genotype :func:`load_genotype` reads (a preset,
+    a ``Genotype(...)`` string, ``genotype.txt``)."""
+    text = os.fspath(spec)
+    if text.lstrip().startswith("{") and '"kind"' in text:
+        d = json.loads(text)
+        if d["kind"] == "cell":
+            return Architecture("cell", genotype_from_json(d["genotype"]))
+        cells = stage_genotypes_from_json(d["cells"])
+        return Architecture(d["kind"], cells, macro_from_json(d["macro"]) if "macro" in d else None)
+    p = Path(text)
+    try:
+        is_dir, is_file = p.is_dir(), p.is_file()
+    except OSError:  # a Genotype(...) string longer than a file name
+        is_dir = is_file = False
+    if is_dir:
+        for name in ("macro_genotype.json", "stage_genotypes.json", "genotype.json"):
+            if (p / name).is_file():
+                return load_architecture(p / name)
+        raise FileNotFoundError(f"{p} holds no macro_genotype.json, stage_genotypes.json or genotype.json")
+    content = p.read_text() if is_file and p.suffix == ".json" else ""
+    if p.name == "macro_genotype.json" or ('"stages"' in content and '"output"' in content):
+        macro = load_macro_genotype(p)
+        cells_file = p.with_name("cell_genotypes.json")
+        if not cells_file.is_file():
+            raise FileNotFoundError(f"{cells_file} (the cells of {p}) not found")
+        return Architecture("macro", as_stage_genotypes(cells_file, len(macro.stages)), macro)
+    if '"stages"' in content:
+        return Architecture("stages", load_stage_genotypes(p))
+    return Architecture("cell", load_genotype(text))
+
+
+def _stage_counts(cells: int, stages: int) -> list[int]:
+    """Normal cells per stage of a ``cells``-deep network with a reduction cell between stages, spread
+    evenly (DARTS's 20 cells over 3 stages: 6, 6, 6 and two reductions)."""
+    normal = cells - (stages - 1)
+    if normal < stages:
+        raise ValueError(f"cells must be >= {2 * stages - 1} for {stages} stages, got {cells}")
+    return [normal // stages + (1 if s < normal % stages else 0) for s in range(stages)]
+
+
+def build_final_network(arch: Architecture, cells: int, channels: int, num_classes: int,
+                        auxiliary: bool) -> nn.Module:
+    """The final network of ``arch``: NetworkCIFAR for a cell; the H-DAS network for per-stage cells (a
+    chain of ``cells`` cells) or stage DAGs (their own cell counts; ``cells`` is not used)."""
+    if arch.kind == "cell":
+        return build_network(arch.cells, channels=channels, cells=cells, num_classes=num_classes,
+                             auxiliary=auxiliary, drop_path_prob=0.0, dataset="cifar")
+    macro = arch.macro or chain_macro_genotype(_stage_counts(cells, arch.cells.num_stages))
+    return build_hdas_network(arch.cells, macro, channels=channels, num_classes=num_classes,
+                              auxiliary=auxiliary, drop_path_prob=0.0)
+
+
 class TrainRun:
     """Final training of one genotype; ``run()`` returns the result dict written to ``result.json``."""
 
@@ -116,8 +226,7 @@ class TrainRun:
             cfg = {**cfg, **{k: stored[k] for k in _STORED}}
         _validate(cfg)
         self.cfg = cfg
-        self.genotype = load_genotype(cfg["genotype"])
-        validate_genotype(self.genotype)  # ValueError naming an unknown op
+        self.arch = load_architecture(cfg["genotype"])  # ValueError naming an unknown op
         self.train_loader, self.test_loader, num_classes, in_ch, _ = make_final_loaders(
             cfg["data"], cfg["data_dir"], cfg["batch_size"], cfg["cutout"], cfg["seed"], cfg["workers"],
             cfg["image_size"])
@@ -126,11 +235,9 @@ class TrainRun:
         dev = cfg["device"]
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev)
         seed_everything(cfg["seed"])
-        from hnas_fast.nn.network import build_network
-
-        self.model = build_network(self.genotype, channels=cfg["channels"], cells=cfg["cells"],
-                                   num_classes=num_classes, auxiliary=cfg["auxiliary_weight"] > 0,
-                                   drop_path_prob=0.0, dataset="cifar").to(self.device)
+        self.model = build_final_network(self.arch, cfg["cells"], cfg["channels"], num_classes,
+                                         cfg["auxiliary_weight"] > 0).to(self.device)
+        self.params = sum(p.numel() for n, p in self.model.named_parameters() if "auxiliary" not in n)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
                                    weight_decay=cfg["weight_decay"])
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -220,11 +327,12 @@ class TrainRun:
             self.log.write({"type": "resume", "step": self.global_step, "epoch": self.epoch})
         else:
             stored = {k: cfg[k] for k in _STORED}
-            stored["genotype"] = genotype_to_str(self.genotype)
+            # The architecture itself, not the path it came from: the run stays resumable on its own.
+            stored["genotype"] = (genotype_to_str(self.arch.cells) if self.arch.kind == "cell"
+                                  else json.dumps(self.arch.to_json()))
             atomic_write_text(self.run_dir / "config.json", json.dumps(stored, indent=1) + "\n")
-            n_params = sum(p.numel() for n, p in self.model.named_parameters() if "auxiliary" not in n)
-            self.log.write({"type": "start", "step": 0, "params": n_params, "device": str(self.device),
-                            "genotype": genotype_to_str(self.genotype)})
+            self.log.write({"type": "start", "step": 0, "params": self.params, "device": str(self.device),
+                            "kind": self.arch.kind, "genotype": self.arch.describe()})
             self._checkpoint()
         from tqdm import tqdm
 
@@ -287,7 +395,7 @@ class TrainRun:
         result = {"finished": True, "epochs": self.epoch, "steps": self.global_step,
                   "test_acc": test_acc, "test_loss": test_loss,
                   "best_test_acc": max(self.best_acc, test_acc),
-                  "genotype": genotype_to_json(self.genotype), "data": cfg["data"]}
+                  "params": self.params, "architecture": self.arch.to_json(), "data": cfg["data"]}
         atomic_write_text(self.run_dir / "result.json", json.dumps(result, indent=1) + "\n")
         return result
 
@@ -302,6 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    print(f"{run.arch.kind} architecture: {run.arch.describe()}; {run.params / 1e6:.3f} M parameters "
+          "(without the auxiliary head)")
     try:
         result = run.run()
     except NonFiniteLossError as e:

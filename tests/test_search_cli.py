@@ -255,3 +255,13 @@ def test_other_strategies_run_from_the_cli(strategy, tiny_config, tmp_path):
     start = _lines(out / "log.jsonl")[0]
     assert start["val_size"] == (0 if strategy == "one-level" else 1438 - 719)
     assert json.loads((out / "genotype.json").read_text())["ranking"] == "logit"
+
+
+def test_progress_lines_off_a_terminal(tmp_path, capsys):
+    """Not on a terminal (capsys), a search prints step lines within the epoch, with images/s."""
+    args = ["--space", "s5", "--cells", "3", "--channels", "4", "--image-size", "8", "--epochs", "1",
+            "--nodes", "2", "--no-plots", "--out", str(tmp_path / "r")]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    steps = [line for line in err.splitlines() if " step " in line and "images/s" in line]
+    assert len(steps) >= 10 and steps[-1].startswith("epoch 1/1 step 12/12")

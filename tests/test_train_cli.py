@@ -79,3 +79,53 @@ def test_bad_input_exits_2_and_writes_nothing(args, needle, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------ every genotype kind
+_SEARCH = ["--channels", "2", "--epochs", "1", "--image-size", "8", "--batch-size", "256", "--no-plots",
+           "--quiet"]
+_KINDS = {
+    "darts": ["--space", "s5", "--cells", "3", "--nodes", "2"],
+    "stacnas": ["--strategy", "stacnas", "--cells", "3", "--stage2-cells", "3"],
+    "hcdas": ["--strategy", "hdas", "--hdas-mode", "hcdas", "--cells", "5"],
+    "hsdas": ["--strategy", "hdas", "--cells-per-stage", "1", "2", "1", "--window", "2"],
+}
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """One tiny real search of each kind: its run directory."""
+    from hnas_fast.search.__main__ import main as search
+
+    root = tmp_path_factory.mktemp("searches")
+    for name, args in _KINDS.items():
+        assert search([*_SEARCH, *args, "--out", str(root / name)]) == 0, name
+    return root
+
+
+@pytest.mark.parametrize("name, kind, source", [
+    ("darts", "cell", "."), ("stacnas", "cell", "genotype.json"), ("hcdas", "stages", "."),
+    ("hsdas", "macro", "macro_genotype.json")])
+def test_train_takes_what_every_search_kind_writes(searched, tmp_path, capsys, name, kind, source):
+    from hnas_fast.train import load_architecture
+
+    genotype = searched / name / source
+    out = tmp_path / "t"
+    assert main(["--genotype", str(genotype), *SMALL, "--cells", "5", "--max-steps", "1", "--out",
+                 str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "M parameters" in printed and "stopped after step 1" in printed
+    start = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert start["kind"] == kind and start["params"] > 0
+    # config.json holds the architecture itself: the run resumes without the search's files.
+    stored = json.loads((out / "config.json").read_text())["genotype"]
+    assert load_architecture(stored) == load_architecture(genotype)
+    assert main(["--resume", str(out), "--quiet"]) == 0
+    assert json.loads((out / "result.json").read_text())["architecture"]["kind"] == kind
+
+
+def test_hsdas_macro_without_its_cells_is_an_error(searched, tmp_path, capsys):
+    lone = tmp_path / "macro_genotype.json"
+    lone.write_text((searched / "hsdas" / "macro_genotype.json").read_text())
+    assert main(["--genotype", str(lone), *SMALL, "--out", str(tmp_path / "t")]) == 2
+    assert "cell_genotypes.json" in capsys.readouterr().err and not (tmp_path / "t").exists()

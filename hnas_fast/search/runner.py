@@ -425,6 +425,21 @@ class SearchRun:
                 self._val_iter = None
         raise ValueError("the validation loader yields no batches")
 
+    def _progress_line(self, steps_per_epoch: int, metrics: dict[str, float], dt: float) -> None:
+        """Off a terminal (a log file, a batch job): a line every tenth of an epoch or minute, whichever
+        comes first, with the step, loss and images/s, so an hours-long epoch shows progress."""
+        if self.cfg.quiet or not self.ctx.is_main or _progress_enabled(self.cfg):
+            return
+        now = time.perf_counter()
+        every = max(1, steps_per_epoch // 10)
+        if self.pos.step_in_epoch % every and now - self._last_line < 60:
+            return
+        self._last_line = now
+        tag = "" if self.stage.name == "search" else f"{self.stage.name} "
+        print(f"{tag}epoch {self.pos.epoch + 1}/{self.cfg.epochs} step {self.pos.step_in_epoch}/"
+              f"{steps_per_epoch}: loss={metrics['loss']:.4g} acc={metrics['acc']:.3f} "
+              f"{self.cfg.batch_size / max(dt, 1e-9):.1f} images/s", file=sys.stderr)
+
     def _result(self) -> Any:
         return self.stage.result(self.model, self.cfg.ranking)
 
@@ -457,6 +472,7 @@ class SearchRun:
         self.alphas_log = JsonlLog(self.run_dir / "alphas.jsonl", enabled=ctx.is_main)
         self._val_iter = None
         self._val_resumed = False
+        self._last_line = time.perf_counter()
         self._val_passes = 0
         self._val_steps = equal_steps(len(self.val_loader), ctx) if self.val_loader is not None else 0
         if self._resume_state is not None:
@@ -520,6 +536,7 @@ class SearchRun:
                     _fault_injection(self.run_dir, self.pos.global_step)
                     bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['acc']:.3f}")
                     bar.update(1)
+                    self._progress_line(steps_per_epoch, metrics, dt)
                     if cfg.max_steps is not None and self.pos.global_step >= cfg.max_steps:
                         stopped = True
                         break
