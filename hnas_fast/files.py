@@ -2,6 +2,7 @@
 write (temporary file in the same folder, fsync, ``os.replace``)."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["atomic_torch_save", "atomic_write_text"]
+__all__ = ["atomic_torch_save", "atomic_write_json", "atomic_write_text"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -50,3 +51,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` atomically (temporary file, fsync, ``os.replace``)."""
     _atomic_write(path, "w", lambda f: f.write(text))
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
+    """``data`` as indented JSON with a final newline, written atomically (the run directories' files)."""
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hnas_fast.data.loaders import DATASETS, make_final_loaders, sampler_of
+from hnas_fast.files import atomic_write_json
 from hnas_fast.nn.hc_supernet import (
     StageGenotypes,
     as_stage_genotypes,
@@ -53,12 +54,12 @@ from hnas_fast.search.runner import (
     CHECKPOINT,
     JsonlLog,
     atomic_torch_save,
-    atomic_write_text,
     capture_rng,
     load_checkpoint,
     restore_rng,
     seed_everything,
 )
+from hnas_fast.search.stages import CellSearch, StageCellSearch, StageDAGSearch
 from hnas_fast.search.strategy import NonFiniteLossError
 
 PROG = "python -m hnas_fast.train"
@@ -151,11 +152,12 @@ class Architecture:
         return out
 
     def describe(self) -> str:
+        """One line, as the search that found it describes it."""
         if self.kind == "cell":
-            return genotype_to_str(self.cells)
+            return CellSearch.describe(self.cells)
         if self.kind == "stages":
-            return f"{self.cells.num_stages} stage-specific cells"
-        return f"stage DAGs with {list(self.macro.cells_per_stage)} cells per stage"
+            return StageCellSearch.describe(self.cells)
+        return StageDAGSearch.describe(self.macro)
 
 
 def load_architecture(spec: str | os.PathLike) -> Architecture:
@@ -330,7 +332,7 @@ class TrainRun:
             # The architecture itself, not the path it came from: the run stays resumable on its own.
             stored["genotype"] = (genotype_to_str(self.arch.cells) if self.arch.kind == "cell"
                                   else json.dumps(self.arch.to_json()))
-            atomic_write_text(self.run_dir / "config.json", json.dumps(stored, indent=1) + "\n")
+            atomic_write_json(self.run_dir / "config.json", stored)
             self.log.write({"type": "start", "step": 0, "params": self.params, "device": str(self.device),
                             "kind": self.arch.kind, "genotype": self.arch.describe()})
             self._checkpoint()
@@ -396,7 +398,7 @@ class TrainRun:
                   "test_acc": test_acc, "test_loss": test_loss,
                   "best_test_acc": max(self.best_acc, test_acc),
                   "params": self.params, "architecture": self.arch.to_json(), "data": cfg["data"]}
-        atomic_write_text(self.run_dir / "result.json", json.dumps(result, indent=1) + "\n")
+        atomic_write_json(self.run_dir / "result.json", result)
         return result
 
 

@@ -21,9 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from hnas_fast.distributed import cleanup, is_main_process
-from hnas_fast.nn.hc_supernet import StageGenotypes
-from hnas_fast.search.genotype import genotype_to_str
-from hnas_fast.search.macro_genotype import MacroGenotype
 from hnas_fast.search.pipeline import PIPELINE_STATE, PipelineResult, run_pipeline
 from hnas_fast.search.presets import (
     IMAGE_BACKENDS,
@@ -174,18 +171,10 @@ def _report_pipeline(result: PipelineResult) -> int:
               f"--resume {result.run_dir} continues it")
         return 0
     print(f"{what} finished after {result.steps} steps: run directory {result.run_dir}")
-    print(f"result: {_describe(result.result)}")
+    print(f"result: {result.summary}")
     for f in result.files:
         print(f"  {f}")
     return 0
-
-
-def _describe(result: Any) -> str:
-    if isinstance(result, MacroGenotype):
-        return f"stage DAGs with {list(result.cells_per_stage)} cells per stage"
-    if isinstance(result, StageGenotypes):
-        return f"{result.num_stages} stage-specific cells"
-    return genotype_to_str(result)
 
 
 if __name__ == "__main__":

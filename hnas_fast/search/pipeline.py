@@ -37,12 +37,19 @@ import torch.distributed as dist
 from torch import nn
 
 from hnas_fast.distributed import DistributedContext, broadcast_object
-from hnas_fast.files import atomic_write_text
+from hnas_fast.files import atomic_write_json
 from hnas_fast.nn.hc_supernet import StageGenotypes, as_stage_genotypes, load_stage_genotypes
 from hnas_fast.search.genotype import Genotype, genotype_from_json, genotype_to_json, genotype_to_str
 from hnas_fast.search.macro_genotype import MacroGenotype, macro_from_json
-from hnas_fast.search.presets import ConfigError, SearchConfig, config_from_dict
-from hnas_fast.search.runner import CHECKPOINT, SearchRun, init_context, load_checkpoint, new_run_dir
+from hnas_fast.search.presets import ConfigError, SearchConfig
+from hnas_fast.search.runner import (
+    CHECKPOINT,
+    SearchRun,
+    choose_run_dir,
+    init_context,
+    load_checkpoint,
+    stored_config,
+)
 from hnas_fast.search.stacnas import (
     genotype_diagnostics,
     stage_two_edge_ops,
@@ -75,6 +82,7 @@ class PipelineResult:
     steps: int
     result: Any = None
     files: list[Path] = field(default_factory=list)
+    summary: str = ""  # one line: the stage's description of the result
 
 
 class _Stopped(Exception):
@@ -92,12 +100,9 @@ class _Pipeline:
             raise ConfigError(f"{path}: unknown pipeline format {self.state.get('format')}")
 
     # ------------------------------------------------------------------------------------------ files
-    def _write(self, path: Path, text: str) -> None:
-        if self.ctx.is_main:
-            atomic_write_text(path, text)
-
     def _write_json(self, path: Path, data: Any) -> None:
-        self._write(path, json.dumps(data, indent=1) + "\n")
+        if self.ctx.is_main:
+            atomic_write_json(path, data)
 
     def _barrier(self) -> None:
         if self.ctx.distributed:
@@ -154,7 +159,7 @@ class _Pipeline:
                                      space=space.name)
                 if self.ctx.is_main:
                     grouped = self._correlate(run, space, top)
-                    atomic_write_text(top / "space.json", json.dumps(grouped.to_dict(), indent=1) + "\n")
+                    atomic_write_json(top / "space.json", grouped.to_dict())
                 self._barrier()
                 self.mark_done(prefix + "correlation", run.pos.global_step)
             space = load_space(top / "space.json")
@@ -309,14 +314,9 @@ def _check(cfg: SearchConfig) -> None:
 
 
 def _stored(run_dir: Path, cli: SearchConfig) -> SearchConfig:
-    for name in ("config.json", PIPELINE_STATE):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"cannot resume {run_dir}: no {name} there")
-    stored = config_from_dict(json.loads((run_dir / "config.json").read_text()))
+    stored = stored_config(run_dir, cli, PIPELINE_STATE)
     if not stored.pipeline:
         raise ConfigError(f"{run_dir} holds a {stored.strategy} search, not a pipeline")
-    # Run-control settings come from this invocation; everything that shapes the result is stored.
-    stored.max_steps, stored.quiet, stored.check_sync = cli.max_steps, cli.quiet, cli.check_sync
     return stored
 
 
@@ -336,18 +336,10 @@ def run_pipeline(cfg: SearchConfig, resume: str | Path | None = None,
     if resume is not None:
         run_dir = Path(resume)
     else:
-        run_dir, error = None, None
+        run_dir = choose_run_dir(cfg, ctx)
         if ctx.is_main:
-            try:
-                run_dir = new_run_dir(cfg)
-                run_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1) + "\n")
-            except ConfigError as e:
-                error = str(e)
-        run_dir, error = broadcast_object((run_dir, error), ctx)
-        if error is not None:
-            raise ConfigError(error)
-        assert run_dir is not None
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run_dir / "config.json", cfg.to_dict())
     pipe = _Pipeline(cfg, run_dir, ctx, say)
     if resume is None:
         pipe._write_json(run_dir / PIPELINE_STATE, pipe.state)
@@ -372,8 +364,10 @@ def _run(pipe: _Pipeline, cfg: SearchConfig) -> PipelineResult:
     try:
         if cfg.strategy == "stacnas":
             result, files = pipe.stacnas("")
+            summary = CellSearch.describe(result)
         elif cfg.hdas_mode == "hcdas":
             result, files = pipe.hcdas()
+            summary = StageCellSearch.describe(result)
         else:
             if cfg.hdas_mode == "stacnas+hdas":
                 cell, _ = pipe.stacnas("stacnas")
@@ -381,9 +375,10 @@ def _run(pipe: _Pipeline, cfg: SearchConfig) -> PipelineResult:
             else:
                 cells = as_stage_genotypes(cfg.cell_genotype, len(cfg.cells_per_stage))
             result, files = pipe.hsdas(cells)
+            summary = StageDAGSearch.describe(result)
     except _Stopped:
         return PipelineResult(run_dir, False, _steps_so_far(run_dir, pipe))
-    return PipelineResult(run_dir, True, pipe.steps, result, files)
+    return PipelineResult(run_dir, True, pipe.steps, result, files, summary)
 
 
 def _steps_so_far(run_dir: Path, pipe: _Pipeline) -> int:

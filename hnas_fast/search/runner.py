@@ -52,7 +52,7 @@ from hnas_fast.distributed import (
     equal_steps,
     init_distributed,
 )
-from hnas_fast.files import atomic_torch_save, atomic_write_text
+from hnas_fast.files import atomic_torch_save, atomic_write_json, atomic_write_text
 from hnas_fast.search.presets import ConfigError, SearchConfig, config_from_dict
 from hnas_fast.search.stages import Stage
 from hnas_fast.search.strategy import NonFiniteLossError, SearchStrategy, make_strategy
@@ -196,6 +196,34 @@ def new_run_dir(cfg: SearchConfig) -> Path:
     return d
 
 
+def choose_run_dir(cfg: SearchConfig, ctx: DistributedContext) -> Path:
+    """Rank 0 picks the directory (:func:`new_run_dir`: a timestamp, or a refused ``--out``) and tells
+    the others; a refusal is raised on every rank, so none waits for the others."""
+    run_dir, error = None, None
+    if ctx.is_main:
+        try:
+            run_dir = new_run_dir(cfg)
+        except ConfigError as e:
+            error = str(e)
+    run_dir, error = broadcast_object((run_dir, error), ctx)
+    if error is not None:
+        raise ConfigError(error)
+    assert run_dir is not None
+    return run_dir
+
+
+def stored_config(run_dir: Path, cli: SearchConfig, marker: str) -> SearchConfig:
+    """The config stored in ``run_dir`` (which must also hold ``marker``, its checkpoint or pipeline
+    state), with the run-control settings of this invocation (``cli``): everything that shapes the
+    result is stored, ``max_steps``, ``quiet`` and ``check_sync`` are not."""
+    for name in ("config.json", marker):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"cannot resume {run_dir}: no {name} there")
+    stored = config_from_dict(json.loads((run_dir / "config.json").read_text()))
+    stored.max_steps, stored.quiet, stored.check_sync = cli.max_steps, cli.quiet, cli.check_sync
+    return stored
+
+
 def _softmaxed_alphas(model: nn.Module) -> dict[str, list]:
     names = {id(p): n for n, p in model.named_parameters()}
     return {names.get(id(p), f"arch{i}"): torch.softmax(p.detach().float().cpu(), dim=-1).tolist()
@@ -247,7 +275,7 @@ class SearchRun:
                  stage: Stage | None = None) -> None:
         self.resume_dir = Path(resume) if resume is not None else None
         if self.resume_dir is not None:
-            cfg = self._stored_config(self.resume_dir, cfg)
+            cfg = stored_config(self.resume_dir, cfg, CHECKPOINT)
         self.cfg = cfg.validate()
         if cfg.pipeline:
             raise ConfigError(f"strategy {cfg.strategy} is a pipeline of searches: run it with "
@@ -273,7 +301,7 @@ class SearchRun:
         # The image pipelines cannot start mid-pass; the resumable samplers can (see the module docstring).
         self._resumable = all(isinstance(getattr(dl, "sampler", None), ResumableSampler)
                               for dl in self._loaders().values())
-        self.run_dir = self.resume_dir if self.resume_dir is not None else self._new_run_dir(cfg)
+        self.run_dir = self.resume_dir if self.resume_dir is not None else choose_run_dir(cfg, self.ctx)
         seed_everything(cfg.seed)
         self.model = self.stage.build(cfg, self.space, num_classes, in_ch).to(self.device)
         if self.resume_dir is None:
@@ -314,30 +342,6 @@ class SearchRun:
         self.image_size = options.image_size
         self.bad_files, self.image_backend = loaders.bad, loaders.backend
         return loaders.num_classes, 3
-
-    def _new_run_dir(self, cfg: SearchConfig) -> Path:
-        """Rank 0 picks the directory (a timestamp, or a refused ``--out``) and tells the others."""
-        run_dir, error = None, None
-        if self.ctx.is_main:
-            try:
-                run_dir = new_run_dir(cfg)
-            except ConfigError as e:  # raised on every rank below, so none waits for the others
-                error = str(e)
-        run_dir, error = broadcast_object((run_dir, error), self.ctx)
-        if error is not None:
-            raise ConfigError(error)
-        assert run_dir is not None
-        return run_dir
-
-    @staticmethod
-    def _stored_config(run_dir: Path, cli: SearchConfig) -> SearchConfig:
-        for name in ("config.json", CHECKPOINT):
-            if not (run_dir / name).is_file():
-                raise FileNotFoundError(f"cannot resume {run_dir}: no {name} there")
-        stored = config_from_dict(json.loads((run_dir / "config.json").read_text()))
-        # Run-control settings come from this invocation; everything that shapes the result is stored.
-        stored.max_steps, stored.quiet, stored.check_sync = cli.max_steps, cli.quiet, cli.check_sync
-        return stored
 
     # -------------------------------------------------------------------------------------------- state
     def _checkpoint(self) -> None:
@@ -435,10 +439,14 @@ class SearchRun:
         if self.pos.step_in_epoch % every and now - self._last_line < 60:
             return
         self._last_line = now
-        tag = "" if self.stage.name == "search" else f"{self.stage.name} "
-        print(f"{tag}epoch {self.pos.epoch + 1}/{self.cfg.epochs} step {self.pos.step_in_epoch}/"
+        print(f"{self._tag}epoch {self.pos.epoch + 1}/{self.cfg.epochs} step {self.pos.step_in_epoch}/"
               f"{steps_per_epoch}: loss={metrics['loss']:.4g} acc={metrics['acc']:.3f} "
               f"{self.cfg.batch_size / max(dt, 1e-9):.1f} images/s", file=sys.stderr)
+
+    @property
+    def _tag(self) -> str:
+        """Prefix of the console lines: the stage's name inside a pipeline."""
+        return "" if self.stage.name == "search" else f"{self.stage.name} "
 
     def _result(self) -> Any:
         return self.stage.result(self.model, self.cfg.ranking)
@@ -486,7 +494,7 @@ class SearchRun:
             self.log.write(record)
         else:
             if ctx.is_main:
-                atomic_write_text(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1) + "\n")
+                atomic_write_json(self.run_dir / "config.json", cfg.to_dict())
             # Bitwise reproducibility on the CPU also needs the same thread count: it is logged.
             record = {"type": "start", "step": 0, "device": str(self.device),
                       "threads": torch.get_num_threads(), "world_size": ctx.world_size,
@@ -558,8 +566,7 @@ class SearchRun:
                 self.alphas_log.write({"epoch": self.pos.epoch + 1, "step": self.pos.global_step,
                                        "alphas": _softmaxed_alphas(self.model)})
                 if ctx.is_main and not cfg.quiet:
-                    tag = "" if self.stage.name == "search" else f"{self.stage.name} "
-                    print(f"{tag}epoch {self.pos.epoch + 1}/{cfg.epochs}: " +
+                    print(f"{self._tag}epoch {self.pos.epoch + 1}/{cfg.epochs}: " +
                           " ".join(f"{k}={v:.4g}" for k, v in means.items() if k != "lr"), file=sys.stderr)
                 self.pos.epoch += 1
                 self.pos.step_in_epoch = 0

@@ -13,7 +13,6 @@ the result it derives and writes. :class:`~hnas_fast.search.runner.SearchRun` is
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hnas_fast.files import atomic_write_text
+from hnas_fast.files import atomic_write_json, atomic_write_text
 from hnas_fast.nn.hc_supernet import (
     StageGenotypes,
     build_hc_supernet,
@@ -43,10 +42,6 @@ __all__ = ["CellSearch", "StacNASStageTwo", "Stage", "StageCellSearch", "StageDA
 
 def _backend(cfg: SearchConfig) -> str | None:
     return None if cfg.backend == "auto" else cfg.backend
-
-
-def _write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 class Stage:
@@ -78,8 +73,9 @@ class Stage:
         """The discrete architecture the supernet holds now."""
         return model.genotype(ranking)
 
-    def describe(self, result: Any) -> str:
-        """One line for the epoch log."""
+    @staticmethod
+    def describe(result: Any) -> str:
+        """One line for the epoch log and the pipeline's report."""
         return genotype_to_str(result)
 
     def to_json(self, result: Any, ranking: str) -> dict[str, Any]:
@@ -89,7 +85,7 @@ class Stage:
     def write_outputs(self, result: Any, model: nn.Module, run_dir: Path, cfg: SearchConfig) -> None:
         """Write the result files into ``run_dir`` (rank 0 only)."""
         g: Genotype = result
-        _write_json(run_dir / "genotype.json", genotype_to_json(g, cfg.ranking))
+        atomic_write_json(run_dir / "genotype.json", genotype_to_json(g, cfg.ranking))
         atomic_write_text(run_dir / "genotype.txt", genotype_to_str(g) + "\n")
         if cfg.plots:
             from hnas_fast.viz.cells import plot_cell
@@ -147,8 +143,10 @@ class StageCellSearch(Stage):
             multiplier=cfg.nodes, stem_multiplier=cfg.stem_multiplier, in_channels=in_channels,
             memory_saving=cfg.memory_saving, mixed_backend=_backend(cfg))
 
-    def describe(self, result: StageGenotypes) -> str:
-        return " | ".join(genotype_to_str(g) for g in result.stages)
+    @staticmethod
+    def describe(result: StageGenotypes) -> str:
+        return f"{result.num_stages} stage-specific cells: " + " | ".join(
+            genotype_to_str(g) for g in result.stages)
 
     def to_json(self, result: StageGenotypes, ranking: str) -> dict[str, Any]:
         return stage_genotypes_to_json(result, ranking)
@@ -189,8 +187,9 @@ class StageDAGSearch(Stage):
     def result(self, model: nn.Module, ranking: str) -> MacroGenotype:
         return model.macro_genotype(ranking)
 
-    def describe(self, result: MacroGenotype) -> str:
-        return f"cells per stage {list(result.cells_per_stage)}"
+    @staticmethod
+    def describe(result: MacroGenotype) -> str:
+        return f"stage DAGs with {list(result.cells_per_stage)} cells per stage"
 
     def to_json(self, result: MacroGenotype, ranking: str) -> dict[str, Any]:
         return macro_to_json(result)
@@ -199,7 +198,7 @@ class StageDAGSearch(Stage):
                       cfg: SearchConfig) -> None:
         write_hsdas(run_dir, result, self.cells, cfg.plots)
         if self.n_min is not None:
-            _write_json(run_dir / "cells_per_stage.json", {
+            atomic_write_json(run_dir / "cells_per_stage.json", {
                 "cells_per_stage": list(result.cells_per_stage),
                 "pair_weights": [w.detach().cpu().tolist() for w in model.pair_weights() or []]})
 
