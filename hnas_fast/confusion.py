@@ -13,6 +13,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from hnas_fast.analysis.confusion import PAPER_GRID, match_depth, parse_grid
+from hnas_fast.genotypes.cell import load_genotype
+from hnas_fast.spaces import resolve_space
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
@@ -46,8 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 bad input)."""
-    from hnas_fast.analysis.confusion import PAPER_GRID, match_depth, parse_grid
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -58,9 +60,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--draws must be >= 1, got {args.draws}")
         if args.train_steps < 0:
             raise ValueError(f"--train-steps must be >= 0, got {args.train_steps}")
-        from hnas_fast.search.genotype import load_genotype
-        from hnas_fast.search.runner import resolve_space
-
         load_genotype(args.genotype)
         resolve_space(args.space)
     except (ValueError, FileNotFoundError) as e:

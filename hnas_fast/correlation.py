@@ -17,7 +17,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hnas_fast.analysis.correlation import DEFAULT_THRESHOLD
+import torch
+
+from hnas_fast.data.loaders import make_search_loaders
+from hnas_fast.nn.supernet import build_supernet
+from hnas_fast.search.correlation import DEFAULT_THRESHOLD, operator_correlation, space_from_correlation
+from hnas_fast.search.stacnas import train_one_level
+from hnas_fast.spaces import resolve_space
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,8 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 bad input)."""
-    import torch
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -56,9 +60,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--train-steps must be >= 0, --images and --batch-size >= 1")
         if not -1.0 <= args.threshold <= 1.0 or math.isnan(args.threshold):
             raise ValueError(f"--threshold is a correlation in [-1, 1], got {args.threshold}")
-        from hnas_fast.data.loaders import make_search_loaders
-        from hnas_fast.search.runner import resolve_space
-
         space = resolve_space(args.space)
         torch.manual_seed(args.seed)
         loader, _, num_classes, in_ch, size = make_search_loaders(
@@ -67,10 +68,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
-
-    from hnas_fast.analysis.correlation import operator_correlation, space_from_correlation
-    from hnas_fast.nn.supernet import build_supernet
-    from hnas_fast.search.stacnas import train_one_level
 
     device = torch.device(args.device) if args.device else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu")

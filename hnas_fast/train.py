@@ -27,6 +27,20 @@ from torch import nn
 
 from hnas_fast.data.loaders import DATASETS, make_final_loaders, sampler_of
 from hnas_fast.files import atomic_write_json
+from hnas_fast.genotypes.cell import (
+    Genotype,
+    genotype_from_json,
+    genotype_to_json,
+    genotype_to_str,
+    load_genotype,
+)
+from hnas_fast.genotypes.macro import (
+    MacroGenotype,
+    chain_macro_genotype,
+    load_macro_genotype,
+    macro_from_json,
+    macro_to_json,
+)
 from hnas_fast.nn.hc_supernet import (
     StageGenotypes,
     as_stage_genotypes,
@@ -36,20 +50,6 @@ from hnas_fast.nn.hc_supernet import (
 )
 from hnas_fast.nn.hdas_network import build_hdas_network
 from hnas_fast.nn.network import build_network
-from hnas_fast.search.genotype import (
-    Genotype,
-    genotype_from_json,
-    genotype_to_json,
-    genotype_to_str,
-    load_genotype,
-)
-from hnas_fast.search.macro_genotype import (
-    MacroGenotype,
-    chain_macro_genotype,
-    load_macro_genotype,
-    macro_from_json,
-    macro_to_json,
-)
 from hnas_fast.search.runner import (
     CHECKPOINT,
     JsonlLog,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from hnas_fast.analysis.correlation import (
+from hnas_fast.nn.supernet import build_supernet
+from hnas_fast.search.correlation import (
     DEFAULT_THRESHOLD,
     CorrelationResult,
     PearsonStream,
@@ -17,7 +18,6 @@ from hnas_fast.analysis.correlation import (
     pick_representative,
     space_from_correlation,
 )
-from hnas_fast.nn.supernet import build_supernet
 from hnas_fast.spaces import get_space, load_space
 
 S1_CORR_OPS = ["max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hnas_fast.search.genotype import (
+from hnas_fast.genotypes.cell import (
     DARTS_V2,
     GENOTYPES,
     STACNAS_CIFAR,

@@ -6,6 +6,16 @@ import json
 import pytest
 import torch
 
+from hnas_fast.genotypes.cell import DARTS_V2, STACNAS_CIFAR
+from hnas_fast.genotypes.macro import (
+    STAGE_OPS,
+    MacroGenotype,
+    StageDAG,
+    candidate_predecessors,
+    chain_macro_genotype,
+    load_macro_genotype,
+    remove_dead_cells,
+)
 from hnas_fast.nn.hc_supernet import (
     StageGenotypes,
     as_stage_genotypes,
@@ -22,16 +32,6 @@ from hnas_fast.nn.stage_dag import (
     stage_depth_loss,
 )
 from hnas_fast.search.__main__ import main
-from hnas_fast.search.genotype import DARTS_V2, STACNAS_CIFAR
-from hnas_fast.search.macro_genotype import (
-    STAGE_OPS,
-    MacroGenotype,
-    StageDAG,
-    candidate_predecessors,
-    chain_macro_genotype,
-    load_macro_genotype,
-    remove_dead_cells,
-)
 
 SKIP, MAX, AVG = "skip_connect", "max_pool_3x3", "avg_pool_3x3"
 NONE = STAGE_OPS.index("none")
@@ -326,7 +326,7 @@ def test_stacnas_then_hsdas_pipeline(tmp_path):
                "--stage2-cells", "3", "--cells-per-stage", "1", "1", "1", "--window", "2",
                "--no-plots", "--out", str(tmp_path)])
     assert rc == 0
-    from hnas_fast.search.genotype import load_genotype
+    from hnas_fast.genotypes.cell import load_genotype
 
     found = load_genotype(tmp_path / "stacnas" / "genotype.json")
     cells = stage_genotypes_from_json((tmp_path / "cell_genotypes.json").read_text())

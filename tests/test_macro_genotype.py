@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from hnas_fast.search.macro_genotype import (
+from hnas_fast.genotypes.macro import (
     STAGE_OPS,
     MacroGenotype,
     StageDAG,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hnas_fast.genotypes.cell import DARTS_V2, Genotype
 from hnas_fast.nn.network import GenotypeCell, NetworkCIFAR, NetworkImageNet, build_network, drop_path
-from hnas_fast.search.genotype import DARTS_V2, Genotype
 
 
 def _count(net: torch.nn.Module, aux: bool = True) -> int:

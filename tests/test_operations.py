@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from hnas_fast.nn import operations as O
+from hnas_fast import registry
 from hnas_fast.nn.operations import (
     OPS,
     FactorizedReduce,
@@ -152,4 +152,4 @@ def test_register_user_op(seed: int) -> None:
     finally:
         if name in OPS:
             unregister_op(name)
-    assert name not in OPS and name not in O._SEARCH_BN
+    assert name not in OPS and name not in registry._SEARCH_BN

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from hnas_fast.genotypes.cell import load_genotype, validate_genotype
 from hnas_fast.search.__main__ import main
-from hnas_fast.search.genotype import load_genotype, validate_genotype
 from hnas_fast.spaces import get_space
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from hnas_fast.genotypes.cell import genotype_from_json, parse_genotype
 from hnas_fast.search.__main__ import build_parser, main
-from hnas_fast.search.genotype import genotype_from_json, parse_genotype
 from hnas_fast.search.presets import PRESETS, ConfigError, make_config
 from hnas_fast.search.runner import atomic_torch_save, load_checkpoint
 

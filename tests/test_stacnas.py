@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
+from hnas_fast.genotypes.cell import genotype_from_json, validate_genotype
 from hnas_fast.nn.supernet import build_supernet
-from hnas_fast.search.genotype import genotype_from_json, validate_genotype
 from hnas_fast.search.stacnas import (
     StageTwoSupernet,
     alpha_entropy,
@@ -124,7 +124,7 @@ def test_alpha_entropy_and_diagnostics():
     w = torch.tensor([[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0]])
     ent = alpha_entropy(w)
     assert ent[0] == pytest.approx(math.log(4)) and ent[1] == 0.0
-    from hnas_fast.search.genotype import DARTS_V2
+    from hnas_fast.genotypes.cell import DARTS_V2
 
     d = genotype_diagnostics(DARTS_V2)
     assert d["normal"] == {"skip_connect": 2, "parameter_free": 2}

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from hnas_fast.genotypes.cell import Genotype, validate_genotype
 from hnas_fast.nn.cell import SearchCell, num_cell_edges
 from hnas_fast.nn.operations import FactorizedReduce, Identity, ReLUConvBN, Zero
 from hnas_fast.nn.supernet import Supernet, build_supernet, default_reductions
-from hnas_fast.search.genotype import Genotype, validate_genotype
 from hnas_fast.spaces import get_space
 from tests.helpers import rel_err
 

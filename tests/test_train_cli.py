@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from hnas_fast.search.genotype import DARTS_V2, genotype_to_str
+from hnas_fast.genotypes.cell import DARTS_V2, genotype_to_str
 from hnas_fast.search.runner import load_checkpoint
 from hnas_fast.train import main
 

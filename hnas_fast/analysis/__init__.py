@@ -1,4 +1,6 @@
-"""Analysis tools that read a supernet from the side: memory, correlation, gradient confusion."""
+"""Analysis tools that read a supernet from the side (nothing below imports them): memory, gradient
+confusion, space size. Operator correlation is part of StacNAS: :mod:`hnas_fast.search.correlation`.
+"""
 
 from hnas_fast.analysis.memory import SavedTensorMeter, saved_tensor_bytes
 

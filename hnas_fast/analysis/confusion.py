@@ -42,6 +42,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hnas_fast.data.loaders import make_search_loaders
+from hnas_fast.genotypes.cell import load_genotype
+from hnas_fast.kernels.grad_gram import grad_gram
+from hnas_fast.nn.network import build_network
+from hnas_fast.nn.supernet import build_supernet
+from hnas_fast.search.stacnas import train_one_level
+from hnas_fast.spaces import resolve_space
+
 __all__ = [
     "CRITERIA",
     "PAPER_GRID",
@@ -150,8 +158,6 @@ def gradient_confusion(
     drop path) stay active in training mode and add their own noise to ζ: build the model without them
     (``build_network(..., drop_path_prob=0)``) for a clean measurement, as :func:`match_depth` does.
     """
-    from hnas_fast.kernels.grad_gram import grad_gram
-
     if not isinstance(m, int) or m < 2:
         raise ValueError(f"gradient confusion needs m >= 2 minibatches (a pair to compare), got {m}")
     if not isinstance(draws, int) or draws < 1:
@@ -283,8 +289,6 @@ def _brief_train(model: nn.Module, loader: Iterable[Any], steps: int, device: to
     if steps <= 0:
         return
     if hasattr(model, "arch_parameters"):
-        from hnas_fast.search.stacnas import train_one_level
-
         n = len(loader) if hasattr(loader, "__len__") else steps  # type: ignore[arg-type]
         train_one_level(model, loader, epochs=max(1, math.ceil(steps / max(n, 1))), max_steps=steps)
         return
@@ -370,12 +374,6 @@ def _default_measure(
     m: int, draws: int, train_steps: int, seed: int, device: str | torch.device | None,
     backend: str | None,
 ) -> Measure:
-    from hnas_fast.data.loaders import make_search_loaders
-    from hnas_fast.nn.network import build_network
-    from hnas_fast.nn.supernet import build_supernet
-    from hnas_fast.search.genotype import load_genotype
-    from hnas_fast.search.runner import resolve_space
-
     g = load_genotype(genotype)
     sp = resolve_space(space)  # fail on a bad space before any measurement
     dev = torch.device(device) if device is not None else torch.device(

@@ -44,6 +44,8 @@ from typing import Any, Literal
 import torch
 
 from hnas_fast.analysis.memory import saved_tensor_bytes
+from hnas_fast.kernels import extension_available
+from hnas_fast.nn.supernet import build_supernet
 
 # "fused" leaves the mixed_sum backend to the automatic choice (compiled kernel, else Triton on CUDA, else
 # the reference); "reference" forces the plain-PyTorch sum.
@@ -86,8 +88,6 @@ class MemoryConfig:
 def _mixed_backend(config: MemoryConfig, device: torch.device) -> str | None:
     backend = MIXED_BACKENDS[config.backend]
     if backend is None and device.type == "meta":
-        from hnas_fast.kernels import extension_available
-
         # The automatic choice never picks the compiled op for meta tensors, but the op's fake kernel
         # records exactly what the compiled op saves, so count with it when it is built.
         return "cpp" if extension_available() else None
@@ -95,8 +95,6 @@ def _mixed_backend(config: MemoryConfig, device: torch.device) -> str | None:
 
 
 def _build(config: MemoryConfig, device: torch.device) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    from hnas_fast.nn.supernet import build_supernet
-
     with torch.device(device):
         net = build_supernet(config.space, cells=config.cells, channels=config.channels,
                              num_classes=config.num_classes, memory_saving=config.mode == "memory_saving",

@@ -12,6 +12,8 @@ from pathlib import Path
 import torchvision.transforms as T
 from torchvision.datasets import ImageFolder
 
+from hnas_fast.data.cifar import Cutout
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_IMAGE_SIZE = 32
@@ -19,8 +21,6 @@ DEFAULT_IMAGE_SIZE = 32
 
 def folder_transforms(train: bool, image_size: int = DEFAULT_IMAGE_SIZE, cutout: int = 0) -> T.Compose:
     """Resize the short side and center-crop to ``image_size``; random crop (pad 4) and flip when training."""
-    from hnas_fast.data.cifar import Cutout
-
     ops: list = [T.Resize(image_size), T.CenterCrop(image_size)]
     if train:
         ops += [T.RandomCrop(image_size, padding=max(1, image_size // 8)), T.RandomHorizontalFlip()]

@@ -26,6 +26,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from hnas_fast.data import digits, folder
+from hnas_fast.data.cifar import cifar_transforms, load_cifar
+
 # ``imagenet`` is an ImageNet-style folder searched through hnas_fast.data.dali (DALI or torchvision, with a
 # corrupt-file scan); for final training it opens like ``folder``.
 DATASETS = ("digits", "cifar10", "cifar100", "folder", "imagenet")
@@ -107,22 +110,17 @@ def open_dataset(data: str, data_dir: str | os.PathLike | None, train: bool, aug
     digit is another symbol).
     """
     if data == "digits":
-        from hnas_fast.data.digits import DEFAULT_IMAGE_SIZE, NUM_CLASSES, load_digits_dataset
-
-        size = image_size or DEFAULT_IMAGE_SIZE
-        return load_digits_dataset(train=train, image_size=size), NUM_CLASSES, 3, size
+        size = image_size or digits.DEFAULT_IMAGE_SIZE
+        return digits.load_digits_dataset(train=train, image_size=size), digits.NUM_CLASSES, 3, size
     if data in ("cifar10", "cifar100"):
-        from hnas_fast.data.cifar import cifar_transforms, load_cifar
-
         n = 10 if data == "cifar10" else 100
         size = image_size or 32
         tf = cifar_transforms(augment, n, cutout if augment else 0, size)
         return load_cifar(_require_dir(data, data_dir), n, train, tf), n, 3, size
     if data in ("folder", "imagenet"):
-        from hnas_fast.data.folder import DEFAULT_IMAGE_SIZE, folder_transforms, load_image_folder
-
-        size = image_size or DEFAULT_IMAGE_SIZE
-        ds = load_image_folder(_require_dir(data, data_dir), train, folder_transforms(augment, size, cutout))
+        size = image_size or folder.DEFAULT_IMAGE_SIZE
+        ds = folder.load_image_folder(_require_dir(data, data_dir), train,
+                                      folder.folder_transforms(augment, size, cutout))
         return ds, len(ds.classes), 3, size
     raise ValueError(f"unknown data set {data!r}; choose one of {', '.join(DATASETS)}")
 

@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hnas_fast.nn.supernet import Supernet
-from hnas_fast.search.genotype import (
+from hnas_fast.genotypes.cell import (
     Genotype,
     Ranking,
     derive_genotype,
@@ -34,6 +33,7 @@ from hnas_fast.search.genotype import (
     load_genotype,
     validate_genotype,
 )
+from hnas_fast.nn.supernet import Supernet
 from hnas_fast.spaces import SearchSpace, get_space
 
 __all__ = [

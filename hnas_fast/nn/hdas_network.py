@@ -2,7 +2,7 @@
 
 Layout: stem → stage 0 → reduction → stage 1 → reduction → stage 2 → global pool → classifier, every stage
 a DAG of :class:`~hnas_fast.nn.network.GenotypeCell` per its
-:class:`~hnas_fast.search.macro_genotype.StageDAG`.
+:class:`~hnas_fast.genotypes.macro.StageDAG`.
 A reduction cell takes its stage's output pair; the stage after it has as inputs (node 0, node 1) the
 later member of that pair and the reduction cell's output, exactly the two states DARTS hands the first
 cell after a reduction. The classifier reads the later member of the last stage's output pair.
@@ -32,18 +32,18 @@ from typing import Literal
 import torch
 from torch import nn
 
-from hnas_fast.nn.hc_supernet import StageGenotypes, as_stage_genotypes
-from hnas_fast.nn.network import AuxiliaryHeadCIFAR, GenotypeCell
-from hnas_fast.nn.operations import build_op
-from hnas_fast.nn.stage_dag import adapter
-from hnas_fast.search.genotype import Genotype
-from hnas_fast.search.macro_genotype import (
+from hnas_fast.genotypes.cell import Genotype
+from hnas_fast.genotypes.macro import (
     STAGE_OPS,
     MacroGenotype,
     load_macro_genotype,
     remove_dead_cells,
     validate_macro_genotype,
 )
+from hnas_fast.nn.hc_supernet import StageGenotypes, as_stage_genotypes
+from hnas_fast.nn.network import AuxiliaryHeadCIFAR, GenotypeCell
+from hnas_fast.nn.operations import build_op
+from hnas_fast.nn.stage_dag import adapter
 
 __all__ = ["INPUT_MODES", "HDASNetwork", "build_hdas_network"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hnas_fast.genotypes.cell import Genotype, load_genotype, validate_genotype
 from hnas_fast.nn.operations import FactorizedReduce, ReLUConvBN, build_op
-from hnas_fast.search.genotype import Genotype, load_genotype, validate_genotype
 
 __all__ = [
     "AuxiliaryHeadCIFAR",

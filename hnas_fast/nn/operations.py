@@ -1,4 +1,4 @@
-"""The DARTS candidate operations and the registry that names them.
+"""The DARTS candidate operations, registered by name in :mod:`hnas_fast.registry`.
 
 Every operation maps ``[N, C, H, W]`` to ``[N, C, H', W']`` with ``H' = H`` at stride 1 and
 ``H' = ceil(H / 2)`` at stride 2 (odd sizes included). The modules follow DARTS's ``operations.py`` so
@@ -17,15 +17,21 @@ the ReLU or depthwise submodules do not fire on the fused path).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hnas_fast.kernels.depthwise import depthwise_conv2d, resolve_depthwise_backend
-
-OpFactory = Callable[[int, int, bool], nn.Module]
+from hnas_fast.registry import (
+    OPS,
+    OpFactory,
+    UnknownOpError,
+    get_op,
+    needs_search_bn,
+    register_builtin_ops,
+    register_op,
+    unregister_op,
+)
 
 __all__ = [
     "OPS",
@@ -224,18 +230,11 @@ class FactorizedReduce(nn.Module):
         return self.bn(out)
 
 
-class UnknownOpError(KeyError, ValueError):
-    """An op name that is not registered; catchable as ``KeyError`` or ``ValueError``."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message and quote it
-        return str(self.args[0]) if self.args else ""
-
-
 def _skip(C: int, stride: int, affine: bool) -> nn.Module:
     return Identity() if stride == 1 else FactorizedReduce(C, C, affine=affine)
 
 
-OPS: dict[str, OpFactory] = {
+_DARTS_OPS: dict[str, OpFactory] = {
     "none": lambda C, stride, affine: Zero(stride),
     "max_pool_3x3": lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
     "avg_pool_3x3": lambda C, stride, affine: nn.AvgPool2d(
@@ -253,64 +252,7 @@ OPS: dict[str, OpFactory] = {
     "dil_conv_5x5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine=affine),
 }
 
-# Ops followed by BatchNorm2d(C, affine=False) in the search network. DARTS's rule is "'pool' in the
-# name"; user ops choose with register_op(search_bn=...).
-_SEARCH_BN: set[str] = {name for name in OPS if "pool" in name}
-_BUILTIN: frozenset[str] = frozenset(OPS)
-
-
-def _known() -> str:
-    return ", ".join(sorted(OPS))
-
-
-def register_op(
-    name: str, factory: OpFactory, *, overwrite: bool = False, search_bn: bool | None = None
-) -> None:
-    """Register a user operation under ``name``.
-
-    Args:
-        name: the op's name as it appears in spaces and genotypes.
-        factory: ``(C, stride, affine) -> nn.Module``; stride 1 must keep H×W, stride 2 halve it.
-        overwrite: replace an existing op of that name instead of raising.
-        search_bn: follow the op by ``BatchNorm2d(C, affine=False)`` in the search network;
-            ``None`` applies DARTS's rule (``"pool" in name``).
-    """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"op name must be a non-empty string, got {name!r}")
-    if not callable(factory):
-        raise TypeError(f"factory for op {name!r} must be callable, got {type(factory).__name__}")
-    if name in OPS and not overwrite:
-        raise ValueError(f"op {name!r} is already registered (pass overwrite=True to replace it)")
-    OPS[name] = factory
-    if search_bn is None:
-        search_bn = "pool" in name
-    if search_bn:
-        _SEARCH_BN.add(name)
-    else:
-        _SEARCH_BN.discard(name)
-
-
-def unregister_op(name: str) -> None:
-    """Remove a user op (built-in DARTS ops cannot be removed)."""
-    if name in _BUILTIN:
-        raise ValueError(f"cannot unregister built-in op {name!r}")
-    get_op(name)
-    del OPS[name]
-    _SEARCH_BN.discard(name)
-
-
-def get_op(name: str) -> OpFactory:
-    """Return the factory registered as ``name``; :class:`UnknownOpError` listing the known names if not."""
-    try:
-        return OPS[name]
-    except (KeyError, TypeError):
-        raise UnknownOpError(f"unknown op {name!r}; known ops: {_known()}") from None
-
-
-def needs_search_bn(name: str) -> bool:
-    """Whether the search network follows op ``name`` with a non-affine BatchNorm."""
-    get_op(name)
-    return name in _SEARCH_BN
+register_builtin_ops(_DARTS_OPS)
 
 
 def build_op(name: str, C: int, stride: int, affine: bool, search: bool = False) -> nn.Module:
@@ -318,6 +260,6 @@ def build_op(name: str, C: int, stride: int, affine: bool, search: bool = False)
     if stride not in (1, 2):
         raise ValueError(f"stride must be 1 or 2, got {stride}")
     op = get_op(name)(C, stride, affine)
-    if search and name in _SEARCH_BN:
+    if search and needs_search_bn(name):
         op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
     return op

@@ -36,18 +36,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hnas_fast.nn.hc_supernet import StageGenotypes, as_stage_genotypes
-from hnas_fast.nn.mixed_op import MixedOp
-from hnas_fast.nn.network import GenotypeCell
-from hnas_fast.nn.operations import FactorizedReduce, ReLUConvBN, build_op, set_kernel_backend
-from hnas_fast.search.genotype import Genotype
-from hnas_fast.search.macro_genotype import (
+from hnas_fast.genotypes.cell import Genotype
+from hnas_fast.genotypes.macro import (
     INPUTS,
     STAGE_OPS,
     MacroGenotype,
     candidate_predecessors,
     derive_macro_genotype,
 )
+from hnas_fast.nn.hc_supernet import StageGenotypes, as_stage_genotypes
+from hnas_fast.nn.mixed_op import MixedOp
+from hnas_fast.nn.network import GenotypeCell
+from hnas_fast.nn.operations import FactorizedReduce, ReLUConvBN, build_op, set_kernel_backend
 
 __all__ = [
     "StageDAGSupernet",

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hnas_fast.genotypes.cell import Genotype, Ranking, derive_genotype
 from hnas_fast.nn.cell import SearchCell, num_cell_edges
-from hnas_fast.search.genotype import Genotype, Ranking, derive_genotype
 from hnas_fast.spaces import SearchSpace, get_space
 
 __all__ = ["Supernet", "build_supernet", "default_reductions"]
@@ -131,7 +131,7 @@ class Supernet(nn.Module):
         return self.classifier(out.flatten(1))
 
     def genotype(self, ranking: Ranking = "weight") -> Genotype:
-        """The discrete cell; ``ranking`` as in :func:`~hnas_fast.search.genotype.derive_genotype`."""
+        """The discrete cell; ``ranking`` as in :func:`~hnas_fast.genotypes.cell.derive_genotype`."""
         return derive_genotype(
             self.alphas_normal, self.alphas_reduce, self.space.ops, self.nodes, self.multiplier, ranking
         )

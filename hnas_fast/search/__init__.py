@@ -1,45 +1,33 @@
-"""Architecture search: genotypes, strategies (one-level, DARTS first/second order), presets, the runner.
+"""Architecture search: strategies, the one config, the one search loop, its stages and the pipelines.
 
-Only the genotype module is imported eagerly (the supernet imports it); the other public names load on
-first access, so ``import hnas_fast.search.genotype`` stays cheap and free of import cycles.
+``strategy`` (one-level, DARTS first/second order) → ``presets`` (the composed :class:`SearchConfig`) →
+``stages`` (what is searched: DARTS cells, StacNAS's stage two, Hc-DAS stage cells, the Hs-DAS stage DAG)
+→ ``runner`` (:class:`SearchRun`, the loop every stage and strategy runs on) → ``pipeline`` (StacNAS and
+H-DAS as resumable sequences of runs). ``correlation`` is StacNAS's operator correlation and clustering.
+Genotypes live below ``nn/`` in :mod:`hnas_fast.genotypes`.
 """
-from __future__ import annotations
 
-import importlib
-from typing import Any
-
-from hnas_fast.search.genotype import (
-    DARTS_V2,
-    Genotype,
-    derive_genotype,
-    genotype_from_json,
-    genotype_to_json,
-    genotype_to_str,
-    load_genotype,
-    parse_genotype,
-    validate_genotype,
+from hnas_fast.search.presets import (
+    PRESETS,
+    ConfigError,
+    SearchConfig,
+    config_from_dict,
+    load_config_file,
+    make_config,
+)
+from hnas_fast.search.runner import SearchResult, SearchRun, load_checkpoint, run_search
+from hnas_fast.search.strategy import (
+    STRATEGIES,
+    NonFiniteLossError,
+    OneLevel,
+    SearchStrategy,
+    TwoLevelFirstOrder,
+    TwoLevelSecondOrder,
+    make_strategy,
 )
 
-_LAZY = {
-    "strategy": ("NonFiniteLossError", "OneLevel", "STRATEGIES", "SearchStrategy", "TwoLevelFirstOrder",
-                 "TwoLevelSecondOrder", "make_strategy"),
-    "presets": ("PRESETS", "ConfigError", "SearchConfig", "config_from_dict", "load_config_file",
-                "make_config"),
-    "runner": ("SearchResult", "SearchRun", "atomic_torch_save", "load_checkpoint", "resolve_space",
-               "run_search"),
-}
-_WHERE = {name: mod for mod, names in _LAZY.items() for name in names}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f"hnas_fast.search.{_WHERE[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'hnas_fast.search' has no attribute {name!r}")
-
-
 __all__ = [
-    "DARTS_V2", "Genotype", "derive_genotype", "genotype_from_json", "genotype_to_json", "genotype_to_str",
-    "load_genotype", "parse_genotype", "validate_genotype", *_WHERE,
+    "PRESETS", "STRATEGIES", "ConfigError", "NonFiniteLossError", "OneLevel", "SearchConfig", "SearchResult",
+    "SearchRun", "SearchStrategy", "TwoLevelFirstOrder", "TwoLevelSecondOrder", "config_from_dict",
+    "load_checkpoint", "load_config_file", "make_config", "make_strategy", "run_search",
 ]

@@ -38,9 +38,10 @@ from torch import nn
 
 from hnas_fast.distributed import DistributedContext, broadcast_object
 from hnas_fast.files import atomic_write_json
+from hnas_fast.genotypes.cell import Genotype, genotype_from_json, genotype_to_json, genotype_to_str
+from hnas_fast.genotypes.macro import MacroGenotype, macro_from_json
 from hnas_fast.nn.hc_supernet import StageGenotypes, as_stage_genotypes, load_stage_genotypes
-from hnas_fast.search.genotype import Genotype, genotype_from_json, genotype_to_json, genotype_to_str
-from hnas_fast.search.macro_genotype import MacroGenotype, macro_from_json
+from hnas_fast.search.correlation import operator_correlation, space_from_correlation
 from hnas_fast.search.presets import ConfigError, SearchConfig
 from hnas_fast.search.runner import (
     CHECKPOINT,
@@ -220,8 +221,6 @@ class _Pipeline:
         return genotype, files
 
     def _correlate(self, run: SearchRun, space: SearchSpace, top: Path) -> SearchSpace:
-        from hnas_fast.analysis.correlation import operator_correlation, space_from_correlation
-
         cfg = self.cfg
         result = operator_correlation(run.model, run.train_loader, images=cfg.correlation_images,
                                       device=run.device)

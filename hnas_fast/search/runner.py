@@ -41,6 +41,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from hnas_fast.data.dali import dali_available, make_image_search_loaders
+from hnas_fast.data.imagenet import ImageOptions
 from hnas_fast.data.loaders import ResumableSampler, make_search_loaders, sampler_of
 from hnas_fast.distributed import (
     DistributedContext,
@@ -56,7 +58,6 @@ from hnas_fast.files import atomic_torch_save, atomic_write_json, atomic_write_t
 from hnas_fast.search.presets import ConfigError, SearchConfig, config_from_dict
 from hnas_fast.search.stages import Stage
 from hnas_fast.search.strategy import NonFiniteLossError, SearchStrategy, make_strategy
-from hnas_fast.spaces import resolve_space
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -322,9 +323,6 @@ class SearchRun:
 
     def _image_loaders(self, cfg: SearchConfig) -> tuple[int, int]:
         """``--data imagenet``: the DALI or torchvision loaders of this rank's shard; ``(classes, 3)``."""
-        from hnas_fast.data.dali import dali_available, make_image_search_loaders
-        from hnas_fast.data.imagenet import ImageOptions
-
         options = ImageOptions(image_size=cfg.image_size) if cfg.image_size else ImageOptions()
         if cfg.dali == "dali" and not dali_available():
             raise ConfigError("--dali dali needs NVIDIA DALI (pip install nvidia-dali-cuda130); "
@@ -591,4 +589,4 @@ def run_search(cfg: SearchConfig, resume: str | os.PathLike | None = None) -> Se
 
 
 __all__ = ["CHECKPOINT", "JsonlLog", "SearchResult", "SearchRun", "atomic_torch_save", "atomic_write_text",
-           "capture_rng", "load_checkpoint", "resolve_space", "restore_rng", "run_search", "seed_everything"]
+           "capture_rng", "load_checkpoint", "restore_rng", "run_search", "seed_everything"]

@@ -26,7 +26,7 @@ Decisions where the paper is silent:
   toward small groups that logit ranking does not have.
 * Groups: a preset space's groups (``groups="preset"``), a space file, or ``groups="correlation"``,
   which trains a full-space supernet briefly and clusters its operator correlations
-  (:mod:`hnas_fast.analysis.correlation`).
+  (:mod:`hnas_fast.search.correlation`).
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hnas_fast.genotypes.cell import Genotype, derive_genotype
 from hnas_fast.nn.cell import num_cell_edges
 from hnas_fast.nn.supernet import Supernet
-from hnas_fast.search.genotype import Genotype, derive_genotype
+from hnas_fast.search.strategy import OneLevel
 from hnas_fast.spaces import NONE, SearchSpace
 
 __all__ = [
@@ -217,8 +218,6 @@ def train_one_level(
     """One-level search (StacNAS §3.4.3) of ``model`` for ``epochs`` passes over ``loader`` through the
     project's :class:`~hnas_fast.search.strategy.OneLevel` strategy; stops early after ``max_steps``
     steps. ``log`` receives each epoch's mean metrics; they are also returned."""
-    from hnas_fast.search.strategy import OneLevel
-
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     strategy = OneLevel(model, epochs=epochs, **strategy_kwargs)

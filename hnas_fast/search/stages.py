@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from hnas_fast.files import atomic_write_json, atomic_write_text
+from hnas_fast.genotypes.cell import Genotype, genotype_to_json, genotype_to_str
+from hnas_fast.genotypes.macro import MacroGenotype, macro_to_json, save_macro_genotype
 from hnas_fast.nn.hc_supernet import (
     StageGenotypes,
     build_hc_supernet,
@@ -29,8 +31,6 @@ from hnas_fast.nn.hc_supernet import (
 )
 from hnas_fast.nn.stage_dag import StageDAGSupernet
 from hnas_fast.nn.supernet import build_supernet
-from hnas_fast.search.genotype import Genotype, genotype_to_json, genotype_to_str
-from hnas_fast.search.macro_genotype import MacroGenotype, macro_to_json, save_macro_genotype
 from hnas_fast.search.presets import SearchConfig
 from hnas_fast.search.stacnas import StageTwoSupernet, inherit_weights
 from hnas_fast.spaces import SearchSpace, resolve_space

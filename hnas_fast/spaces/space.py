@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hnas_fast.nn.operations import OPS
+from hnas_fast.registry import OPS
 
 __all__ = ["NONE", "SearchSpace", "load_space"]
 
@@ -169,7 +169,7 @@ def load_space(path: str | os.PathLike[str]) -> SearchSpace:
 
     The file holds ``{"name": ..., "ops": [...], "groups": [[...], ...]}``; ``groups`` and
     ``representatives`` are optional. Ops must be registered (see
-    :func:`hnas_fast.nn.operations.register_op`) before loading.
+    :func:`hnas_fast.registry.register_op`) before loading.
     """
     p = Path(path)
     suffix = p.suffix.lower()

@@ -8,7 +8,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hnas_fast.search.genotype import Genotype, load_genotype
+from hnas_fast.genotypes.cell import Genotype, load_genotype
 
 __all__ = ["cell_figure", "plot_cell"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hnas_fast.search.macro_genotype import INPUTS, MacroGenotype, StageDAG, live_nodes, load_macro_genotype
+from hnas_fast.genotypes.macro import INPUTS, MacroGenotype, StageDAG, live_nodes, load_macro_genotype
 
 __all__ = ["plot_stages", "stage_figure"]
 

@@ -17,6 +17,9 @@ from typing import Any, Literal
 
 import torch
 
+from hnas_fast.registry import OPS
+from hnas_fast.spaces import get_space
+
 __all__ = [
     "DARTS_V2",
     "GENOTYPES",
@@ -328,14 +331,10 @@ def validate_genotype(g: Genotype, space: Any = None, nodes: int | None = None) 
         nodes: intermediate nodes expected (default: half the pairs of ``g.normal``).
     """
     if space is None:
-        from hnas_fast.nn.operations import OPS
-
         allowed, label = set(OPS), "the op registry"
     elif isinstance(space, (list, tuple, set, frozenset)):
         allowed, label = set(space), f"ops {sorted(space)}"
     else:
-        from hnas_fast.spaces import get_space
-
         sp = get_space(space)
         allowed, label = set(sp.ops), f"space {sp.name!r}"
     for cell in ("normal", "reduce"):
