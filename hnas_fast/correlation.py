@@ -22,7 +22,8 @@ import torch
 from hnas_fast.data.loaders import make_search_loaders
 from hnas_fast.nn.supernet import build_supernet
 from hnas_fast.search.correlation import DEFAULT_THRESHOLD, operator_correlation, space_from_correlation
-from hnas_fast.search.stacnas import train_one_level
+from hnas_fast.search.loop import run_steps
+from hnas_fast.search.strategy import OneLevel
 from hnas_fast.spaces import resolve_space
 
 
@@ -73,17 +74,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cuda" if torch.cuda.is_available() else "cpu")
     model = build_supernet(space, cells=args.cells, channels=args.channels, num_classes=num_classes,
                            in_channels=in_ch).to(device)
-    history = []
+    training: dict[str, float] = {}
     if args.train_steps > 0:
-        epochs = max(1, math.ceil(args.train_steps / len(loader)))
-        history = train_one_level(model, loader, epochs, max_steps=args.train_steps, grad_clip=3.0,
-                                  log=lambda r: print(f"train epoch {r['epoch']}: loss {r['loss']:.4f} "
-                                                      f"acc {r['acc']:.3f}", file=sys.stderr))
+        # StacNAS's one-level search with its gradient clip of 3, on the search loop's pieces.
+        strategy = OneLevel(model, epochs=max(1, math.ceil(args.train_steps / len(loader))), grad_clip=3.0)
+        training = run_steps(strategy.step, loader, args.train_steps, end_pass=strategy.end_epoch)
+        print(f"trained {args.train_steps} steps: mean loss {training['loss']:.4f} acc {training['acc']:.3f}",
+              file=sys.stderr)
     result = operator_correlation(model, loader, images=args.images, device=device)
     grouped = space_from_correlation(space, result, args.threshold, name=f"{space.name}-clustered")
     result.meta.update(space=space.name, cells=args.cells, channels=args.channels,
                        train_steps=args.train_steps, threshold=args.threshold, data=args.data,
-                       image_size=size, history=history)
+                       image_size=size, training=training)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hnas_fast.data.loaders import DATASETS, make_final_loaders, sampler_of
-from hnas_fast.files import atomic_write_json
+from hnas_fast.files import atomic_torch_save, atomic_write_json
 from hnas_fast.genotypes.cell import (
     Genotype,
     genotype_from_json,
@@ -50,17 +50,17 @@ from hnas_fast.nn.hc_supernet import (
 )
 from hnas_fast.nn.hdas_network import build_hdas_network
 from hnas_fast.nn.network import build_network
-from hnas_fast.search.runner import (
-    CHECKPOINT,
+from hnas_fast.search.loop import (
     JsonlLog,
-    atomic_torch_save,
+    NonFiniteLossError,
     capture_rng,
-    load_checkpoint,
+    final_network_step,
     restore_rng,
     seed_everything,
+    weight_optimizer,
 )
+from hnas_fast.search.runner import CHECKPOINT, load_checkpoint
 from hnas_fast.search.stages import CellSearch, StageCellSearch, StageDAGSearch
-from hnas_fast.search.strategy import NonFiniteLossError
 
 PROG = "python -m hnas_fast.train"
 # Settings that shape the result; stored in config.json and taken from there on --resume.
@@ -240,10 +240,9 @@ class TrainRun:
         self.model = build_final_network(self.arch, cfg["cells"], cfg["channels"], num_classes,
                                          cfg["auxiliary_weight"] > 0).to(self.device)
         self.params = sum(p.numel() for n, p in self.model.named_parameters() if "auxiliary" not in n)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                                   weight_decay=cfg["weight_decay"])
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.opt, cfg["epochs"], eta_min=cfg["lr_min"])
+        self.opt, self.sched = weight_optimizer(self.model.parameters(), epochs=cfg["epochs"], lr=cfg["lr"],
+                                                lr_min=cfg["lr_min"], momentum=cfg["momentum"],
+                                                weight_decay=cfg["weight_decay"])
         self.epoch = self.step_in_epoch = self.global_step = 0
         self.sums: dict[str, float] = {}
         self.best_acc = 0.0
@@ -295,21 +294,6 @@ class TrainRun:
         self.model.train()
         return loss / n, correct / n
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        self.opt.zero_grad(set_to_none=True)
-        logits, logits_aux = self.model(x)
-        loss = F.cross_entropy(logits, y)
-        if logits_aux is not None:
-            loss = loss + self.cfg["auxiliary_weight"] * F.cross_entropy(logits_aux, y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"training loss is {float(loss)}; stopping before any update")
-        loss.backward()
-        if self.cfg["grad_clip"]:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["grad_clip"])
-        self.opt.step()
-        return {"loss": float(loss.detach()), "acc": float((logits.detach().argmax(1) == y).float().mean())}
-
     def run(self) -> dict[str, Any]:
         """Train (or continue), evaluate, write ``result.json``; return its content."""
         prev = torch.are_deterministic_algorithms_enabled()
@@ -347,7 +331,8 @@ class TrainRun:
                            disable=not show, desc=f"epoch {self.epoch + 1}/{cfg['epochs']}")
                 t0 = time.perf_counter()
                 for x, y in self.train_loader:
-                    m = self._train_step(x, y)
+                    m = final_network_step(self.model, self.opt, (x, y), grad_clip=cfg["grad_clip"],
+                                           auxiliary_weight=cfg["auxiliary_weight"])
                     self.step_in_epoch += 1
                     self.global_step += 1
                     for k, v in m.items():

@@ -209,12 +209,13 @@ def test_s1_digits_short_search_pools_group_convs_do_not(tmp_path):
     this data and the clustering keeps the convs apart at the default threshold.
     """
     from hnas_fast.data.loaders import make_search_loaders
-    from hnas_fast.search.stacnas import train_one_level
+    from hnas_fast.search.loop import run_steps
+    from hnas_fast.search.strategy import OneLevel
 
     torch.manual_seed(0)
     loader, *_ = make_search_loaders("digits", batch_size=32, one_level=True, seed=0, image_size=8)
     model = build_supernet("s1", cells=3, channels=4, num_classes=10)
-    train_one_level(model, loader, epochs=1, max_steps=15, grad_clip=3.0)
+    run_steps(OneLevel(model, epochs=1, grad_clip=3.0).step, loader, 15)
     res = operator_correlation(model, loader, images=128)
     r = dict(zip(res.ops, res.mean))
     pools = r["max_pool_3x3"][res.ops.index("avg_pool_3x3")]

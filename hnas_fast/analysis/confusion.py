@@ -34,7 +34,7 @@ Where the paper is silent or garbled:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +47,8 @@ from hnas_fast.genotypes.cell import load_genotype
 from hnas_fast.kernels.grad_gram import grad_gram
 from hnas_fast.nn.network import build_network
 from hnas_fast.nn.supernet import build_supernet
-from hnas_fast.search.stacnas import train_one_level
+from hnas_fast.search.loop import cycle_batches, final_network_step, run_steps, weight_optimizer
+from hnas_fast.search.strategy import OneLevel
 from hnas_fast.spaces import resolve_space
 
 __all__ = [
@@ -103,16 +104,6 @@ class ConfusionResult:
 def _default_params(model: nn.Module) -> list[nn.Parameter]:
     arch = {id(p) for p in model.arch_parameters()} if hasattr(model, "arch_parameters") else set()
     return [p for p in model.parameters() if p.requires_grad and id(p) not in arch]
-
-
-def _cycle(loader: Iterable[Any]) -> Iterator[Any]:
-    while True:
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("the loader yields no batches")
 
 
 def _zeta(gram: torch.Tensor) -> float:
@@ -172,7 +163,7 @@ def gradient_confusion(
     buffers = [b.detach().clone() for b in model.buffers()]
     was_training = model.training
     model.train()
-    batches = _cycle(loader)
+    batches = cycle_batches(loader)
     gram_sum = torch.zeros(m, m, dtype=torch.float64)
     zetas: list[float] = []
     cosines: list[float] = []
@@ -284,27 +275,21 @@ def _row(kind: str, cells: int, channels: int, res: ConfusionResult | float, key
     return {"kind": kind, "cells": cells, "channels": channels, key: float(res)}
 
 
-def _brief_train(model: nn.Module, loader: Iterable[Any], steps: int, device: torch.device) -> None:
-    """``steps`` training steps before measuring: one-level search for a supernet, SGD for a network."""
+def _brief_train(model: nn.Module, loader: Iterable[Any], steps: int) -> None:
+    """``steps`` training steps before measuring, with the pieces of the search and training loops:
+    one-level search (StacNAS's strategy, DARTS's optimizer settings) for a supernet, the final-network
+    step (SGD, clip 5) for a network; the cosine schedule runs over the passes the steps span."""
     if steps <= 0:
         return
-    if hasattr(model, "arch_parameters"):
-        n = len(loader) if hasattr(loader, "__len__") else steps  # type: ignore[arg-type]
-        train_one_level(model, loader, epochs=max(1, math.ceil(steps / max(n, 1))), max_steps=steps)
-        return
-    opt = torch.optim.SGD(model.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    passes = max(1, math.ceil(steps / max(len(loader), 1))) if hasattr(loader, "__len__") else 1
     model.train()
-    done = 0
-    for x, y in _cycle(loader):
-        out = model(x.to(device))
-        loss = F.cross_entropy(out[0] if isinstance(out, tuple) else out, y.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        done += 1
-        if done >= steps:
-            break
+    if hasattr(model, "arch_parameters"):
+        strategy = OneLevel(model, epochs=passes)
+        run_steps(strategy.step, loader, steps, end_pass=strategy.end_epoch)
+        return
+    opt, sched = weight_optimizer(model.parameters(), epochs=passes, lr=0.025, lr_min=0.0, momentum=0.9,
+                                  weight_decay=3e-4)
+    run_steps(lambda batch: final_network_step(model, opt, batch), loader, steps, end_pass=sched.step)
 
 
 def match_depth(
@@ -393,7 +378,7 @@ def _default_measure(
             model = build_supernet(sp, cells=cells, channels=channels, num_classes=num_classes,
                                    in_channels=in_ch)
         model.to(dev)
-        _brief_train(model, loader, train_steps, dev)
+        _brief_train(model, loader, train_steps)
         return gradient_confusion(model, loader, m=m, draws=draws, device=dev, backend=backend)
 
     return measure

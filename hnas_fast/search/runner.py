@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import sys
 import time
@@ -35,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -54,10 +52,11 @@ from hnas_fast.distributed import (
     equal_steps,
     init_distributed,
 )
-from hnas_fast.files import atomic_torch_save, atomic_write_json, atomic_write_text
+from hnas_fast.files import atomic_torch_save, atomic_write_json
+from hnas_fast.search.loop import JsonlLog, NonFiniteLossError, capture_rng, restore_rng, seed_everything
 from hnas_fast.search.presets import ConfigError, SearchConfig, config_from_dict
 from hnas_fast.search.stages import Stage
-from hnas_fast.search.strategy import NonFiniteLossError, SearchStrategy, make_strategy
+from hnas_fast.search.strategy import SearchStrategy, make_strategy
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -67,66 +66,6 @@ CHECKPOINT_FORMAT = 1
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint written by this module (tensors and plain containers only: ``weights_only``)."""
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-class JsonlLog:
-    """Append-only JSON-lines file, flushed per line; ``truncate`` drops lines after a checkpoint's count.
-
-    ``enabled=False`` (ranks other than 0) makes every method a no-op: one process writes the file.
-    """
-
-    def __init__(self, path: Path, enabled: bool = True) -> None:
-        self.path = path
-        self.enabled = enabled
-        self.lines = sum(1 for _ in path.open()) if enabled and path.exists() else 0
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        self.lines += 1
-
-    def truncate(self, lines: int) -> None:
-        if not self.enabled:
-            return
-        kept = self.path.read_text().splitlines(keepends=True)[:lines] if self.path.exists() else []
-        atomic_write_text(self.path, "".join(kept))
-        self.lines = len(kept)
-
-
-# ------------------------------------------------------------------------------------------------ RNG
-def capture_rng() -> dict[str, Any]:
-    """torch (CPU and CUDA), numpy and python RNG states, as tensors and plain containers."""
-    mt, keys, pos, has_gauss, gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"name": mt, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_rng`."""
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    keys = n["keys"].numpy().astype(np.uint32)
-    np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["gauss"]))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (all devices), numpy and python."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -588,5 +527,4 @@ def run_search(cfg: SearchConfig, resume: str | os.PathLike | None = None) -> Se
     return SearchRun(cfg, resume).run()
 
 
-__all__ = ["CHECKPOINT", "JsonlLog", "SearchResult", "SearchRun", "atomic_torch_save", "atomic_write_text",
-           "capture_rng", "load_checkpoint", "restore_rng", "run_search", "seed_everything"]
+__all__ = ["CHECKPOINT", "SearchResult", "SearchRun", "load_checkpoint", "run_search"]

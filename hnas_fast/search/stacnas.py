@@ -31,8 +31,7 @@ Decisions where the paper is silent:
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -42,7 +41,6 @@ from torch import nn
 from hnas_fast.genotypes.cell import Genotype, derive_genotype
 from hnas_fast.nn.cell import num_cell_edges
 from hnas_fast.nn.supernet import Supernet
-from hnas_fast.search.strategy import OneLevel
 from hnas_fast.spaces import NONE, SearchSpace
 
 __all__ = [
@@ -52,7 +50,6 @@ __all__ = [
     "genotype_diagnostics",
     "inherit_weights",
     "stage_two_edge_ops",
-    "train_one_level",
     "winning_groups",
 ]
 
@@ -208,43 +205,6 @@ def inherit_weights(target: nn.Module, source: nn.Module) -> int:
             t.copy_(b[k])
             copied += 1
     return copied
-
-
-# ------------------------------------------------------------------------------------------ training
-def train_one_level(
-    model: nn.Module, loader: Any, epochs: int, max_steps: int | None = None,
-    log: Callable[[dict[str, Any]], None] | None = None, **strategy_kwargs: Any,
-) -> list[dict[str, float]]:
-    """One-level search (StacNAS §3.4.3) of ``model`` for ``epochs`` passes over ``loader`` through the
-    project's :class:`~hnas_fast.search.strategy.OneLevel` strategy; stops early after ``max_steps``
-    steps. ``log`` receives each epoch's mean metrics; they are also returned."""
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    strategy = OneLevel(model, epochs=epochs, **strategy_kwargs)
-    model.train()
-    history: list[dict[str, float]] = []
-    steps = 0
-    for epoch in range(epochs):
-        sums: dict[str, float] = {}
-        n = 0
-        t0 = time.perf_counter()
-        for batch in loader:
-            metrics = strategy.step(batch)
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
-            n += 1
-            steps += 1
-            if max_steps is not None and steps >= max_steps:
-                break
-        strategy.end_epoch()
-        record = {"epoch": epoch + 1, "steps": n, "time": round(time.perf_counter() - t0, 3),
-                  **{k: round(v / max(n, 1), 6) for k, v in sums.items()}}
-        history.append(record)
-        if log is not None:
-            log(record)
-        if max_steps is not None and steps >= max_steps:
-            break
-    return history
 
 
 # ------------------------------------------------------------------------------------------ diagnostics

@@ -24,12 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hnas_fast.search.loop import NonFiniteLossError, accuracy, check_finite, clip_and_step, weight_optimizer
+
 Batch = tuple[Tensor, Tensor]
 LossTerm = Callable[[nn.Module], Tensor]
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss became NaN or infinite; raised before any parameter is updated from it."""
 
 
 def _logits(out: Any) -> Tensor:
@@ -76,10 +74,9 @@ class SearchStrategy:
         if any(id(p) in ids_a for p in self.weight_params):
             raise ValueError("arch_parameters() and weight_parameters() overlap")
         self.grad_clip = grad_clip
-        self.w_opt = torch.optim.SGD(self.weight_params, lr=w_lr, momentum=w_momentum, weight_decay=w_wd)
+        self.w_opt, self.scheduler = weight_optimizer(self.weight_params, epochs=epochs, lr=w_lr,
+                                                      lr_min=w_lr_min, momentum=w_momentum, weight_decay=w_wd)
         self.a_opt = torch.optim.Adam(self.arch_params, lr=a_lr, betas=a_betas, weight_decay=a_wd)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.w_opt, max(1, epochs), eta_min=w_lr_min)
         self.loss_terms: list[tuple[str, LossTerm]] = list(loss_terms)
 
     # ----------------------------------------------------------------------------------------- hooks
@@ -114,19 +111,8 @@ class SearchStrategy:
         logits = _logits(self.model(x))
         return F.cross_entropy(logits, y), logits
 
-    @staticmethod
-    def _check(loss: Tensor, what: str) -> None:
-        if not torch.isfinite(loss).all():
-            raise NonFiniteLossError(f"{what} loss is {float(loss.detach())}; stopping before any update")
-
     def _clip_and_step_weights(self) -> None:
-        if self.grad_clip:
-            nn.utils.clip_grad_norm_(self.weight_params, self.grad_clip)
-        self.w_opt.step()
-
-    @staticmethod
-    def _accuracy(logits: Tensor, y: Tensor) -> float:
-        return float((logits.detach().argmax(1) == y).float().mean())
+        clip_and_step(self.w_opt, self.weight_params, self.grad_clip)
 
     # ----------------------------------------------------------------------------------------- API
     def step(self, train_batch: Batch, val_batch: Batch | None = None) -> dict[str, float]:
@@ -164,11 +150,11 @@ class OneLevel(SearchStrategy):
         ce, logits = self._forward_loss(batch)
         extra = self._extra(metrics)
         loss = ce if extra is None else ce + extra
-        self._check(loss, "training")
+        check_finite(loss, "training")
         loss.backward()
         self._clip_and_step_weights()
         self.a_opt.step()
-        metrics.update(loss=float(ce.detach()), acc=self._accuracy(logits, batch[1]))
+        metrics.update(loss=float(ce.detach()), acc=accuracy(logits, batch[1]))
         return metrics
 
 
@@ -186,10 +172,10 @@ class TwoLevelFirstOrder(SearchStrategy):
         ce, logits = self._forward_loss(batch)
         extra = self._extra(metrics)
         loss = ce if extra is None else ce + extra
-        self._check(loss, "validation")
+        check_finite(loss, "validation")
         loss.backward(inputs=self.arch_params)  # no weight gradients: saves the weight half of backward
         self.a_opt.step()
-        metrics.update(val_loss=float(ce.detach()), val_acc=self._accuracy(logits, batch[1]))
+        metrics.update(val_loss=float(ce.detach()), val_acc=accuracy(logits, batch[1]))
 
     def weight_step(self, train_batch: Batch, metrics: dict[str, float] | None = None) -> None:
         """SGD step of the weights on ``L_train(w, alpha)``; alphas get no gradient."""
@@ -197,10 +183,10 @@ class TwoLevelFirstOrder(SearchStrategy):
         batch = self._to(train_batch)
         self.w_opt.zero_grad(set_to_none=True)
         ce, logits = self._forward_loss(batch)
-        self._check(ce, "training")
+        check_finite(ce, "training")
         ce.backward(inputs=self.weight_params)
         self._clip_and_step_weights()
-        metrics.update(loss=float(ce.detach()), acc=self._accuracy(logits, batch[1]))
+        metrics.update(loss=float(ce.detach()), acc=accuracy(logits, batch[1]))
 
     def step(self, train_batch: Batch, val_batch: Batch | None = None) -> dict[str, float]:
         """Alpha step on ``val_batch``, then weight step on ``train_batch``."""
@@ -229,7 +215,7 @@ class TwoLevelSecondOrder(TwoLevelFirstOrder):
 
     def _ce_grads(self, batch: Batch, wrt: Sequence[Tensor], what: str) -> tuple[Tensor, list[Tensor]]:
         loss, _ = self._forward_loss(batch)
-        self._check(loss, what)
+        check_finite(loss, what)
         grads = torch.autograd.grad(loss, list(wrt), allow_unused=True)
         return loss, [torch.zeros_like(p) if g is None else g for p, g in zip(wrt, grads, strict=True)]
 
@@ -285,7 +271,7 @@ class TwoLevelSecondOrder(TwoLevelFirstOrder):
         self.a_opt.zero_grad(set_to_none=True)
         extra = self._extra(metrics)
         if extra is not None:
-            self._check(extra, "extra")
+            check_finite(extra, "extra")
             eg = torch.autograd.grad(extra, self.arch_params, allow_unused=True)
             dalpha = [d if e is None else d + e for d, e in zip(dalpha, eg, strict=True)]
         for a, d in zip(self.arch_params, dalpha, strict=True):
