@@ -63,3 +63,17 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
 
 def _cuda_built(device: torch.device) -> bool:
     return device.type == "cuda" and bool(build_info().get("with_cuda"))
+
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_image(op: str, x: object) -> None:
+    """The image input every convolution/pooling op takes: a 4-D ``[N, C, H, W]`` float tensor, else a
+    ``TypeError``/``ValueError`` naming ``op`` and ``x``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: x must be a tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{op}: x must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: x must be float16, bfloat16, float32 or float64, got {x.dtype}")

@@ -15,10 +15,8 @@ import torch
 from torch._prims_common import suggest_memory_format
 
 from hnas_fast.kernels._ext import register_compiled_op
-from hnas_fast.kernels.backend import resolve_backend
+from hnas_fast.kernels.backend import check_image, resolve_backend
 from hnas_fast.kernels.depthwise.reference import depthwise_conv2d_reference
-
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _out_size(n: int, k: int, stride: int, padding: int, dilation: int) -> int:
@@ -27,13 +25,9 @@ def _out_size(n: int, k: int, stride: int, padding: int, dilation: int) -> int:
 
 def check_inputs(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int, dilation: int) -> None:
     """Raise a ``ValueError``/``TypeError`` naming the offending argument for malformed inputs."""
-    for name, t in (("x", x), ("weight", weight)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"depthwise_conv2d: {name} must be a tensor, got {type(t).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"depthwise_conv2d: x must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"depthwise_conv2d: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    check_image("depthwise_conv2d", x)
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"depthwise_conv2d: weight must be a tensor, got {type(weight).__name__}")
     C = x.shape[1]
     if (weight.dim() != 4 or weight.shape[0] != C or weight.shape[1] != 1
             or weight.shape[2] != weight.shape[3]):

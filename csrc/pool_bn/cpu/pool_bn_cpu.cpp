@@ -1,0 +1,520 @@
+// CPU kernels of pooling fused with the search network's BatchNorm2d(affine=False).
+//
+// Forward makes one pass over x that writes the pooled y into the output buffer and sums y and y^2 per
+// channel (double), then normalizes the buffer in place: no pooled tensor, no index tensor and no second
+// BatchNorm input are allocated or saved. Backward reads g and out (= xhat) once for the two per-channel
+// sums, then routes dL/dy through the windows: the max pool's argmax is recomputed from x (the first
+// maximum in row-major window order, as torch's CPU kernel; NaN: see pool_math.h), the average pool
+// spreads dL/dy / count.
+//
+// Layouts: contiguous x is done one (n, c) plane at a time, copied into a padded plane (-inf or 0) so the
+// window loops have no borders and run along the output row; channels_last x one sample at a time with
+// channels innermost, so every window tap is one contiguous channel vector.
+//
+// Determinism: every partial sum belongs to one (n, c) or one n and is reduced over n in order afterwards,
+// so the results do not depend on the number of threads.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../../common/macros.h"
+#include "../../common/pool_math.h"
+#include "../pool_bn.h"
+
+namespace hnas_fast {
+namespace {
+
+bool channels_last(const at::Tensor& x) {
+  return x.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
+// ------------------------------------------------------------------------------------------ forward
+template <typename T, typename A>
+HNAS_CPU_CLONES void pool_planes(const T* __restrict x, T* __restrict y, const PoolShape& s, bool is_max,
+                                 double* __restrict psum, double* __restrict psq) {
+  const int64_t k = s.k, st = s.stride, p = k / 2, Hp = s.H + 2 * p, Wp = s.W + 2 * p;
+  const A fill = is_max ? -std::numeric_limits<A>::infinity() : A(0);
+  at::parallel_for(0, s.N * s.C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<A> pad(Hp * Wp, fill), row(s.Wo), nan_row(s.Wo), inv_w(s.Wo);
+    for (int64_t q = 0; q < s.Wo; ++q) {
+      inv_w[q] = A(1) / A(window_end(q, k, st, s.W) - window_begin(q, k, st));
+    }
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const T* xp = x + plane * s.H * s.W;
+      T* yp = y + plane * s.Ho * s.Wo;
+      for (int64_t h = 0; h < s.H; ++h) {
+        A* dst = pad.data() + (h + p) * Wp + p;
+        for (int64_t w = 0; w < s.W; ++w) {
+          dst[w] = static_cast<A>(xp[h * s.W + w]);
+        }
+      }
+      double sum = 0, sq = 0;
+      for (int64_t o = 0; o < s.Ho; ++o) {
+        A* __restrict r = row.data();
+        A* __restrict nr = nan_row.data();
+        for (int64_t q = 0; q < s.Wo; ++q) {
+          r[q] = fill;
+          nr[q] = 0;
+        }
+        for (int64_t kh = 0; kh < k; ++kh) {
+          const A* src = pad.data() + (o * st + kh) * Wp;
+          for (int64_t kw = 0; kw < k; ++kw) {
+            const A* sk = src + kw;
+            if (is_max) {
+              for (int64_t q = 0; q < s.Wo; ++q) {
+                const A v = sk[q * st];
+                r[q] = max_fold(v, r[q]);
+                nr[q] = nan_fold(v, nr[q]);
+              }
+            } else {
+              for (int64_t q = 0; q < s.Wo; ++q) {
+                r[q] += sk[q * st];
+              }
+            }
+          }
+        }
+        const A inv_h = A(1) / A(window_end(o, k, st, s.H) - window_begin(o, k, st));
+        // double sums: var = E[y^2] - mean^2 cancels badly in float when the mean is large against the spread
+        for (int64_t q = 0; q < s.Wo; ++q) {
+          const A v = static_cast<A>(static_cast<T>(is_max ? max_result(r[q], nr[q]) : r[q] * (inv_h * inv_w[q])));
+          yp[o * s.Wo + q] = static_cast<T>(v);
+          sum += double(v);
+          sq += double(v) * double(v);
+        }
+      }
+      psum[plane] = sum;
+      psq[plane] = sq;
+    }
+  });
+}
+
+// Channels per block of the channels_last kernels: the block's accumulators stay in registers.
+constexpr int64_t CB = 16;
+
+// y and the statistics of channels [c0, c0 + nc) of one sample; FULL: nc == CB at compile time.
+template <typename T, typename A, bool FULL>
+inline void pool_cl_block(const T* __restrict xn, T* __restrict yn, const PoolShape& s, bool is_max, int64_t c0,
+                          int64_t nc_rt, double* __restrict sum, double* __restrict sq) {
+  const int64_t C = s.C, k = s.k, st = s.stride, nc = FULL ? CB : nc_rt;
+  const A fill = is_max ? -std::numeric_limits<A>::infinity() : A(0);
+  double bs[CB] = {}, bq[CB] = {};  // double: see pool_planes
+  for (int64_t o = 0; o < s.Ho; ++o) {
+    const int64_t h0 = window_begin(o, k, st), h1 = window_end(o, k, st, s.H);
+    for (int64_t q = 0; q < s.Wo; ++q) {
+      const int64_t w0 = window_begin(q, k, st), w1 = window_end(q, k, st, s.W);
+      A a[CB], an[CB];
+      for (int64_t c = 0; c < nc; ++c) {
+        a[c] = fill;
+        an[c] = 0;
+      }
+      for (int64_t h = h0; h < h1; ++h) {
+        for (int64_t w = w0; w < w1; ++w) {
+          const T* px = xn + (h * s.W + w) * C + c0;
+          if (is_max) {
+            for (int64_t c = 0; c < nc; ++c) {
+              const A v = static_cast<A>(px[c]);
+              a[c] = max_fold(v, a[c]);
+              an[c] = nan_fold(v, an[c]);
+            }
+          } else {
+            for (int64_t c = 0; c < nc; ++c) {
+              a[c] += static_cast<A>(px[c]);
+            }
+          }
+        }
+      }
+      if (is_max) {
+        for (int64_t c = 0; c < nc; ++c) {
+          a[c] = max_result(a[c], an[c]);
+        }
+      }
+      const A scale = is_max ? A(1) : A(1) / A((h1 - h0) * (w1 - w0));
+      T* py = yn + (o * s.Wo + q) * C + c0;
+      for (int64_t c = 0; c < nc; ++c) {
+        const A v = static_cast<A>(static_cast<T>(a[c] * scale));
+        py[c] = static_cast<T>(v);
+        bs[c] += double(v);
+        bq[c] += double(v) * double(v);
+      }
+    }
+  }
+  for (int64_t c = 0; c < nc; ++c) {
+    sum[c0 + c] = bs[c];
+    sq[c0 + c] = bq[c];
+  }
+}
+
+template <typename T, typename A>
+HNAS_CPU_CLONES void pool_channels_last(const T* __restrict x, T* __restrict y, const PoolShape& s, bool is_max,
+                                        double* __restrict psum, double* __restrict psq) {
+  const int64_t C = s.C, blocks = (C + CB - 1) / CB;
+  at::parallel_for(0, s.N * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / blocks, c0 = (item % blocks) * CB, nc = std::min(CB, C - c0);
+      const T* xn = x + n * s.H * s.W * C;
+      T* yn = y + n * s.Ho * s.Wo * C;
+      if (nc == CB) {
+        pool_cl_block<T, A, true>(xn, yn, s, is_max, c0, nc, psum + n * C, psq + n * C);
+      } else {
+        pool_cl_block<T, A, false>(xn, yn, s, is_max, c0, nc, psum + n * C, psq + n * C);
+      }
+    }
+  });
+}
+
+// out = (y - mean) * invstd in place; `cl`: channel = index mod C, else (index / plane) mod C.
+template <typename T, typename A>
+HNAS_CPU_CLONES void normalize(T* __restrict y, const PoolShape& s, bool cl, const A* __restrict mean,
+                               const A* __restrict invstd) {
+  const int64_t C = s.C, plane = s.Ho * s.Wo;
+  if (cl) {
+    at::parallel_for(0, s.N * plane, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        T* py = y + i * C;
+        for (int64_t c = 0; c < C; ++c) {
+          py[c] = static_cast<T>((static_cast<A>(py[c]) - mean[c]) * invstd[c]);
+        }
+      }
+    });
+  } else {
+    at::parallel_for(0, s.N * C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t nc = begin; nc < end; ++nc) {
+        const A m = mean[nc % C], is = invstd[nc % C];
+        T* py = y + nc * plane;
+        for (int64_t i = 0; i < plane; ++i) {
+          py[i] = static_cast<T>((static_cast<A>(py[i]) - m) * is);
+        }
+      }
+    });
+  }
+}
+
+// ------------------------------------------------------------------------------------------ backward
+// Per-channel partial sums of g and g * xhat: [N, C], as the forward's.
+template <typename T>
+HNAS_CPU_CLONES void grad_sums(const T* __restrict g, const T* __restrict xhat, const PoolShape& s, bool cl,
+                               double* __restrict pg, double* __restrict pgx) {
+  using A = at::opmath_type<T>;
+  const int64_t C = s.C, plane = s.Ho * s.Wo;
+  if (cl) {
+    at::parallel_for(0, s.N, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        double* __restrict a = pg + n * C;
+        double* __restrict b = pgx + n * C;
+        for (int64_t c = 0; c < C; ++c) {
+          a[c] = b[c] = 0;
+        }
+        for (int64_t i = 0; i < plane; ++i) {
+          const T* gi = g + (n * plane + i) * C;
+          const T* xi = xhat + (n * plane + i) * C;
+          for (int64_t c = 0; c < C; ++c) {
+            const A gv = static_cast<A>(gi[c]);
+            a[c] += gv;
+            b[c] += double(gv * static_cast<A>(xi[c]));
+          }
+        }
+      }
+    });
+  } else {
+    at::parallel_for(0, s.N * C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t nc = begin; nc < end; ++nc) {
+        const T* gi = g + nc * plane;
+        const T* xi = xhat + nc * plane;
+        A a = 0, b = 0;
+        double da = 0, db = 0;
+        for (int64_t i = 0; i < plane; ++i) {
+          const A gv = static_cast<A>(gi[i]);
+          a += gv;
+          b += gv * static_cast<A>(xi[i]);
+          if ((i & 255) == 255) {  // flush to double so long planes keep their precision
+            da += a;
+            db += b;
+            a = b = 0;
+          }
+        }
+        pg[nc] = da + a;
+        pgx[nc] = db + b;
+      }
+    });
+  }
+}
+
+// dL/dy of one output element (pool_math.h): ca = invstd, cb = -invstd * mean(g), cc = -invstd * mean(g xhat).
+template <typename A>
+inline A dy(A g, A xhat, A ca, A cb, A cc) {
+  return ca * g + cb + cc * xhat;
+}
+
+// The routing is branch-free: the window's maximum r is recomputed, then the taps are visited in row-major
+// order and the first one that max_hit()s takes dL/dy, which is then zeroed for the others.
+template <typename T, typename A>
+HNAS_CPU_CLONES void route_planes(const T* __restrict g, const T* __restrict xhat, const T* __restrict x,
+                                  T* __restrict gx, const PoolShape& s, bool is_max, const A* __restrict ca,
+                                  const A* __restrict cb, const A* __restrict cc) {
+  const int64_t k = s.k, st = s.stride, C = s.C, p = k / 2, Hp = s.H + 2 * p, Wp = s.W + 2 * p;
+  const A fill = is_max ? -std::numeric_limits<A>::infinity() : A(0);
+  at::parallel_for(0, s.N * C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<A> pad(Hp * Wp, fill), buf(Hp * Wp), r(s.Wo), d(s.Wo), inv_w(s.Wo);
+    for (int64_t q = 0; q < s.Wo; ++q) {
+      inv_w[q] = A(1) / A(window_end(q, k, st, s.W) - window_begin(q, k, st));
+    }
+    for (int64_t nc = begin; nc < end; ++nc) {
+      const int64_t c = nc % C;
+      const A a1 = ca[c], a0 = cb[c], a2 = cc[c];
+      const T* gp = g + nc * s.Ho * s.Wo;
+      const T* hp = xhat + nc * s.Ho * s.Wo;
+      const T* xp = x + nc * s.H * s.W;
+      if (is_max) {
+        for (int64_t h = 0; h < s.H; ++h) {
+          A* dst = pad.data() + (h + p) * Wp + p;
+          for (int64_t w = 0; w < s.W; ++w) {
+            dst[w] = static_cast<A>(xp[h * s.W + w]);
+          }
+        }
+      }
+      A* __restrict B = buf.data();
+      for (int64_t i = 0; i < Hp * Wp; ++i) {
+        B[i] = 0;
+      }
+      A* __restrict rv = r.data();
+      A* __restrict dv = d.data();
+      for (int64_t o = 0; o < s.Ho; ++o) {
+        for (int64_t q = 0; q < s.Wo; ++q) {
+          const int64_t j = o * s.Wo + q;
+          dv[q] = a1 * static_cast<A>(gp[j]) + a0 + a2 * static_cast<A>(hp[j]);
+        }
+        if (is_max) {
+          for (int64_t q = 0; q < s.Wo; ++q) {
+            rv[q] = fill;
+          }
+          for (int64_t kh = 0; kh < k; ++kh) {
+            const A* src = pad.data() + (o * st + kh) * Wp;
+            for (int64_t kw = 0; kw < k; ++kw) {
+              for (int64_t q = 0; q < s.Wo; ++q) {
+                const A v = src[q * st + kw];
+                rv[q] = max_fold(v, rv[q]);
+              }
+            }
+          }
+          for (int64_t kh = 0; kh < k; ++kh) {
+            const A* src = pad.data() + (o * st + kh) * Wp;
+            A* dst = B + (o * st + kh) * Wp;
+            for (int64_t kw = 0; kw < k; ++kw) {
+              for (int64_t q = 0; q < s.Wo; ++q) {
+                const A v = src[q * st + kw];
+                const bool hit = max_hit(v, rv[q]);
+                dst[q * st + kw] += hit ? dv[q] : A(0);
+                dv[q] = hit ? A(0) : dv[q];
+              }
+            }
+          }
+        } else {
+          const A inv_h = A(1) / A(window_end(o, k, st, s.H) - window_begin(o, k, st));
+          for (int64_t q = 0; q < s.Wo; ++q) {
+            dv[q] *= inv_h * inv_w[q];
+          }
+          for (int64_t kh = 0; kh < k; ++kh) {
+            A* dst = B + (o * st + kh) * Wp;
+            for (int64_t kw = 0; kw < k; ++kw) {
+              for (int64_t q = 0; q < s.Wo; ++q) {
+                dst[q * st + kw] += dv[q];
+              }
+            }
+          }
+        }
+      }
+      T* gxp = gx + nc * s.H * s.W;
+      for (int64_t h = 0; h < s.H; ++h) {
+        const A* src = B + (h + p) * Wp + p;
+        for (int64_t w = 0; w < s.W; ++w) {
+          gxp[h * s.W + w] = static_cast<T>(src[w]);
+        }
+      }
+    }
+  });
+}
+
+template <typename T, typename A, bool FULL>
+inline void route_cl_block(const T* __restrict g, const T* __restrict xhat, const T* __restrict xn,
+                           A* __restrict B, const PoolShape& s, bool is_max, int64_t n, int64_t c0, int64_t nc_rt,
+                           const A* __restrict ca, const A* __restrict cb, const A* __restrict cc) {
+  const int64_t C = s.C, k = s.k, st = s.stride, nc = FULL ? CB : nc_rt;
+  for (int64_t o = 0; o < s.Ho; ++o) {
+    const int64_t h0 = window_begin(o, k, st), h1 = window_end(o, k, st, s.H);
+    for (int64_t q = 0; q < s.Wo; ++q) {
+      const int64_t w0 = window_begin(q, k, st), w1 = window_end(q, k, st, s.W);
+      const int64_t j = ((n * s.Ho + o) * s.Wo + q) * C + c0;
+      A d[CB];
+      for (int64_t c = 0; c < nc; ++c) {
+        d[c] = ca[c0 + c] * static_cast<A>(g[j + c]) + cb[c0 + c] + cc[c0 + c] * static_cast<A>(xhat[j + c]);
+      }
+      if (is_max) {
+        A r[CB];
+        for (int64_t c = 0; c < nc; ++c) {
+          r[c] = -std::numeric_limits<A>::infinity();
+        }
+        for (int64_t h = h0; h < h1; ++h) {
+          for (int64_t w = w0; w < w1; ++w) {
+            const T* px = xn + (h * s.W + w) * C + c0;
+            for (int64_t c = 0; c < nc; ++c) {
+              const A v = static_cast<A>(px[c]);
+              r[c] = max_fold(v, r[c]);
+            }
+          }
+        }
+        for (int64_t h = h0; h < h1; ++h) {
+          for (int64_t w = w0; w < w1; ++w) {
+            const T* px = xn + (h * s.W + w) * C + c0;
+            A* bp = B + (h * s.W + w) * C + c0;
+            for (int64_t c = 0; c < nc; ++c) {
+              const A v = static_cast<A>(px[c]);
+              const bool hit = max_hit(v, r[c]);
+              bp[c] += hit ? d[c] : A(0);
+              d[c] = hit ? A(0) : d[c];
+            }
+          }
+        }
+      } else {
+        const A inv = A(1) / A((h1 - h0) * (w1 - w0));
+        for (int64_t c = 0; c < nc; ++c) {
+          d[c] *= inv;
+        }
+        for (int64_t h = h0; h < h1; ++h) {
+          for (int64_t w = w0; w < w1; ++w) {
+            A* bp = B + (h * s.W + w) * C + c0;
+            for (int64_t c = 0; c < nc; ++c) {
+              bp[c] += d[c];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T, typename A>
+HNAS_CPU_CLONES void route_channels_last(const T* __restrict g, const T* __restrict xhat, const T* __restrict x,
+                                         T* __restrict gx, const PoolShape& s, bool is_max, const A* __restrict ca,
+                                         const A* __restrict cb, const A* __restrict cc) {
+  const int64_t C = s.C, HW = s.H * s.W;
+  at::parallel_for(0, s.N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<A> buf(HW * C);
+    for (int64_t n = begin; n < end; ++n) {
+      const T* xn = x + n * HW * C;
+      A* __restrict B = buf.data();
+      for (int64_t i = 0; i < HW * C; ++i) {
+        B[i] = 0;
+      }
+      for (int64_t c0 = 0; c0 < C; c0 += CB) {
+        const int64_t nc = std::min(CB, C - c0);
+        if (nc == CB) {
+          route_cl_block<T, A, true>(g, xhat, xn, B, s, is_max, n, c0, nc, ca, cb, cc);
+        } else {
+          route_cl_block<T, A, false>(g, xhat, xn, B, s, is_max, n, c0, nc, ca, cb, cc);
+        }
+      }
+      T* gxn = gx + n * HW * C;
+      for (int64_t i = 0; i < HW * C; ++i) {
+        gxn[i] = static_cast<T>(B[i]);
+      }
+    }
+  });
+}
+
+at::ScalarType acc_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> pool_bn_cpu(const at::Tensor& x_in, bool is_max, int64_t kernel_size,
+                                               int64_t stride, const std::optional<at::Tensor>& running_mean,
+                                               const std::optional<at::Tensor>& running_var, bool training,
+                                               double momentum, double eps) {
+  const PoolShape s = check_pool_bn_args(x_in, kernel_size, stride, running_mean, running_var, training, momentum,
+                                         eps);
+  const bool cl = channels_last(x_in);
+  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor x = x_in.contiguous(fmt);
+  at::Tensor out = at::empty({s.N, s.C, s.Ho, s.Wo}, x.options().memory_format(fmt));
+  const bool batch = pool_bn_batch_stats(training, running_mean);
+  const auto acc = acc_type(x.scalar_type());
+  at::Tensor psum = at::empty({s.N, s.C}, x.options().dtype(at::kDouble));
+  at::Tensor psq = at::empty({s.N, s.C}, x.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pool_bn_cpu", [&] {
+    using A = at::opmath_type<scalar_t>;
+    (cl ? pool_channels_last<scalar_t, A> : pool_planes<scalar_t, A>)(
+        x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), s, is_max, psum.mutable_data_ptr<double>(),
+        psq.mutable_data_ptr<double>());
+  });
+  at::Tensor mean, invstd;
+  if (batch) {
+    const double M = double(s.N * s.Ho * s.Wo);
+    const at::Tensor m = psum.sum(0) / M;  // summed over n in order: thread-count independent
+    const at::Tensor var = (psq.sum(0) / M - m * m).clamp_min(0);
+    mean = m.to(acc);
+    invstd = (var + eps).rsqrt().to(acc);
+    if (running_mean.has_value() && running_mean->defined() && training) {
+      at::Tensor rm = *running_mean, rv = *running_var;
+      rm.mul_(1 - momentum).add_(m.to(rm.scalar_type()), momentum);
+      rv.mul_(1 - momentum).add_((var * (M / (M - 1))).to(rv.scalar_type()), momentum);
+    }
+  } else {
+    mean = running_mean->to(at::kDouble).to(acc);
+    invstd = (running_var->to(at::kDouble) + eps).rsqrt().to(acc);
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pool_bn_cpu_normalize", [&] {
+    using A = at::opmath_type<scalar_t>;
+    normalize<scalar_t, A>(out.mutable_data_ptr<scalar_t>(), s, cl, mean.const_data_ptr<A>(),
+                           invstd.const_data_ptr<A>());
+  });
+  return {out, invstd};
+}
+
+at::Tensor pool_bn_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& out_in,
+                                const at::Tensor& invstd_in, bool is_max, int64_t kernel_size, int64_t stride,
+                                bool batch_stats) {
+  const PoolShape s = check_pool_bn_backward_args(grad_out, x_in, out_in, invstd_in, kernel_size, stride);
+  const bool cl = channels_last(x_in);
+  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor x = x_in.contiguous(fmt), g = grad_out.contiguous(fmt), xhat = out_in.contiguous(fmt);
+  const auto acc = acc_type(x.scalar_type());
+  const at::Tensor invstd = invstd_in.to(at::kDouble);
+  at::Tensor ca = invstd, cb = at::zeros_like(invstd), cc = at::zeros_like(invstd);
+  if (batch_stats) {
+    at::Tensor pg = at::empty({s.N, s.C}, x.options().dtype(at::kDouble));
+    at::Tensor pgx = at::empty({s.N, s.C}, x.options().dtype(at::kDouble));
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pool_bn_backward_sums", [&] {
+      grad_sums<scalar_t>(g.const_data_ptr<scalar_t>(), xhat.const_data_ptr<scalar_t>(), s, cl,
+                          pg.mutable_data_ptr<double>(), pgx.mutable_data_ptr<double>());
+    });
+    const double M = double(s.N * s.Ho * s.Wo);
+    cb = -invstd * pg.sum(0) / M;
+    cc = -invstd * pgx.sum(0) / M;
+  }
+  ca = ca.to(acc);
+  cb = cb.to(acc);
+  cc = cc.to(acc);
+  at::Tensor gx = at::empty_like(x, x.options().memory_format(fmt));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pool_bn_backward_route", [&] {
+    using A = at::opmath_type<scalar_t>;
+    (cl ? route_channels_last<scalar_t, A> : route_planes<scalar_t, A>)(
+        g.const_data_ptr<scalar_t>(), xhat.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+        gx.mutable_data_ptr<scalar_t>(), s, is_max, ca.const_data_ptr<A>(), cb.const_data_ptr<A>(),
+        cc.const_data_ptr<A>());
+  });
+  return gx;
+}
+
+}  // namespace hnas_fast
+
+TORCH_LIBRARY_IMPL(hnas_fast, CPU, m) {
+  m.impl("pool_bn", &hnas_fast::pool_bn_cpu);
+  m.impl("pool_bn_backward", &hnas_fast::pool_bn_backward_cpu);
+}
