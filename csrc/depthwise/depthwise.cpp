@@ -8,20 +8,9 @@
 #include <torch/library.h>
 
 #include "../common/depthwise_math.h"
+#include "../common/tensor_args.h"
 
 namespace hnas_fast {
-namespace {
-
-bool is_float_type(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
-}  // namespace
-
-at::MemoryFormat depthwise_out_format(const at::Tensor& x) {
-  return x.suggest_memory_format() == at::MemoryFormat::ChannelsLast ? at::MemoryFormat::ChannelsLast
-                                                                     : at::MemoryFormat::Contiguous;
-}
 
 DepthwiseShape check_depthwise_args(const at::Tensor& x, const at::Tensor& weight, int64_t stride, int64_t padding,
                                     int64_t dilation) {
@@ -73,7 +62,7 @@ at::Tensor depthwise_conv2d_fallback(const at::Tensor& x, const at::Tensor& weig
   const DepthwiseShape s = check_depthwise_args(x, weight, stride, padding, dilation);
   const at::Tensor r = relu_input ? at::relu(x) : x;
   return at::conv2d(r, weight, {}, {stride, stride}, {padding, padding}, {dilation, dilation}, s.C)
-      .contiguous(depthwise_out_format(x));
+      .contiguous(output_memory_format(x));
 }
 
 std::tuple<at::Tensor, at::Tensor> depthwise_conv2d_backward_fallback(const at::Tensor& grad_out, const at::Tensor& x,
@@ -93,7 +82,7 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv2d_backward_fallback(const at::
     if (relu_input) {
       gx = at::threshold_backward(gx, x, 0);
     }
-    gx = gx.contiguous(depthwise_out_format(x));
+    gx = gx.contiguous(output_memory_format(x));
   }
   if (need_weight_grad) {
     gw = std::get<1>(grads).contiguous();

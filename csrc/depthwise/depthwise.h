@@ -23,8 +23,6 @@ DepthwiseShape check_depthwise_args(const at::Tensor& x, const at::Tensor& weigh
 DepthwiseShape check_depthwise_backward_args(const at::Tensor& grad_out, const at::Tensor& x,
                                              const at::Tensor& weight, int64_t stride, int64_t padding,
                                              int64_t dilation);
-// The memory format the op returns for x: channels_last when x is laid out so, contiguous otherwise.
-at::MemoryFormat depthwise_out_format(const at::Tensor& x);
 
 at::Tensor depthwise_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, int64_t stride, int64_t padding,
                                 int64_t dilation, bool relu_input);

@@ -8,13 +8,10 @@
 #include <torch/library.h>
 
 #include "../common/pool_math.h"
+#include "../common/tensor_args.h"
 
 namespace hnas_fast {
 namespace {
-
-bool is_float_type(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
 
 void check_stat(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& x) {
   if (!t.has_value() || !t->defined()) {
@@ -91,13 +88,11 @@ std::tuple<at::Tensor, at::Tensor> pool_bn_fallback(const at::Tensor& x, bool is
   const at::Tensor y = pool(x, is_max, kernel_size, stride);
   auto [out, mean, invstd] = at::native_batch_norm(y, std::nullopt, std::nullopt, running_mean, running_var, batch,
                                                    momentum, eps);
-  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = stats_type(x.scalar_type());
   if (!batch) {
     invstd = at::rsqrt(running_var->to(acc) + eps);
   }
-  const auto fmt = x.suggest_memory_format() == at::MemoryFormat::ChannelsLast ? at::MemoryFormat::ChannelsLast
-                                                                                : at::MemoryFormat::Contiguous;
-  return {out.contiguous(fmt), invstd.to(acc)};
+  return {out.contiguous(output_memory_format(x)), invstd.to(acc)};
 }
 
 at::Tensor pool_bn_backward_fallback(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& out,

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "../../common/depthwise_math.h"
+#include "../../common/tensor_args.h"
 #include "../../common/macros.h"
 #include "../../common/mixed_sum_math.h"
 #include "../depthwise.h"
@@ -539,7 +540,7 @@ HNAS_DW_ENTRY_POINTS(c10::BFloat16, bf16)
 at::Tensor depthwise_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, int64_t stride, int64_t padding,
                                 int64_t dilation, bool relu_input) {
   const DepthwiseShape s = check_depthwise_args(x, weight, stride, padding, dilation);
-  at::Tensor out = at::empty({s.N, s.C, s.Ho, s.Wo}, x.options().memory_format(depthwise_out_format(x)));
+  at::Tensor out = at::empty({s.N, s.C, s.Ho, s.Wo}, x.options().memory_format(output_memory_format(x)));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "depthwise_conv2d_cpu", [&] {
     using acc = acc_t<scalar_t>;
     constexpr int64_t L = Vec<acc>::L;
@@ -559,7 +560,7 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(const at::Tenso
                                                                  bool need_weight_grad) {
   const DepthwiseShape s = check_depthwise_backward_args(grad_out, x, weight, stride, padding, dilation);
   at::Tensor gx = need_input_grad
-                      ? at::empty(x.sizes(), x.options().memory_format(depthwise_out_format(x)))
+                      ? at::empty(x.sizes(), x.options().memory_format(output_memory_format(x)))
                       : at::empty({0}, x.options());
   at::Tensor gw = need_weight_grad ? at::empty(weight.sizes(), weight.options()) : at::empty({0}, weight.options());
   if (!need_input_grad && !need_weight_grad) {

@@ -25,14 +25,11 @@
 
 #include "../../common/macros.h"
 #include "../../common/pool_math.h"
+#include "../../common/tensor_args.h"
 #include "../pool_bn.h"
 
 namespace hnas_fast {
 namespace {
-
-bool channels_last(const at::Tensor& x) {
-  return x.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
-}
 
 // ------------------------------------------------------------------------------------------ forward
 template <typename T, typename A>
@@ -427,10 +424,6 @@ HNAS_CPU_CLONES void route_channels_last(const T* __restrict g, const T* __restr
   });
 }
 
-at::ScalarType acc_type(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> pool_bn_cpu(const at::Tensor& x_in, bool is_max, int64_t kernel_size,
@@ -439,12 +432,12 @@ std::tuple<at::Tensor, at::Tensor> pool_bn_cpu(const at::Tensor& x_in, bool is_m
                                                double momentum, double eps) {
   const PoolShape s = check_pool_bn_args(x_in, kernel_size, stride, running_mean, running_var, training, momentum,
                                          eps);
-  const bool cl = channels_last(x_in);
-  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto fmt = output_memory_format(x_in);
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
   const at::Tensor x = x_in.contiguous(fmt);
   at::Tensor out = at::empty({s.N, s.C, s.Ho, s.Wo}, x.options().memory_format(fmt));
   const bool batch = pool_bn_batch_stats(training, running_mean);
-  const auto acc = acc_type(x.scalar_type());
+  const auto acc = stats_type(x.scalar_type());
   at::Tensor psum = at::empty({s.N, s.C}, x.options().dtype(at::kDouble));
   at::Tensor psq = at::empty({s.N, s.C}, x.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pool_bn_cpu", [&] {
@@ -481,10 +474,10 @@ at::Tensor pool_bn_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x_
                                 const at::Tensor& invstd_in, bool is_max, int64_t kernel_size, int64_t stride,
                                 bool batch_stats) {
   const PoolShape s = check_pool_bn_backward_args(grad_out, x_in, out_in, invstd_in, kernel_size, stride);
-  const bool cl = channels_last(x_in);
-  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto fmt = output_memory_format(x_in);
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
   const at::Tensor x = x_in.contiguous(fmt), g = grad_out.contiguous(fmt), xhat = out_in.contiguous(fmt);
-  const auto acc = acc_type(x.scalar_type());
+  const auto acc = stats_type(x.scalar_type());
   const at::Tensor invstd = invstd_in.to(at::kDouble);
   at::Tensor ca = invstd, cb = at::zeros_like(invstd), cc = at::zeros_like(invstd);
   if (batch_stats) {
