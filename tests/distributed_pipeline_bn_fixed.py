@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
@@ -16,6 +17,11 @@ def _batch_independent(self: _BatchNorm, x):
 
 if __name__ == "__main__":
     _BatchNorm.forward = _batch_independent  # type: ignore[method-assign]
+    from hnas_fast.nn.operations import PoolBN
     from hnas_fast.search.__main__ import main
+
+    # The fused pooling candidates normalize inside their kernel, not through BatchNorm.forward: run them
+    # as their two modules so that they take the patched forward too.
+    PoolBN.forward = nn.Sequential.forward  # type: ignore[method-assign]
 
     sys.exit(main(sys.argv[1:]))

@@ -226,3 +226,32 @@ def test_env_var_selects_reference(monkeypatch):
     calls.clear()
     pool_bn(x, "max", 3)
     assert not calls
+
+
+# ---- the search network's module ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["max_pool_3x3", "avg_pool_3x3", "max_pool_5x5", "avg_pool_5x5"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_pool_bn_module_matches_darts_sequential(name, stride, momentum):
+    from hnas_fast.nn.operations import PoolBN, build_op
+
+    torch.manual_seed(0)
+    fused = build_op(name, 8, stride, affine=False, search=True).double()
+    assert isinstance(fused, PoolBN)
+    plain = torch.nn.Sequential(fused[0], torch.nn.BatchNorm2d(8, affine=False, momentum=momentum)).double()
+    fused[1].momentum = momentum
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    for _ in range(3):  # running statistics after several steps, num_batches_tracked included
+        x = torch.randn(3, 8, 11, 9, dtype=torch.float64, requires_grad=True)
+        y_f, y_p = fused(x), plain(x)
+        g = torch.randn_like(y_p)
+        torch.testing.assert_close(y_f, y_p)
+        (gx_f,), (gx_p,) = torch.autograd.grad(y_f, x, g), torch.autograd.grad(y_p, x, g)
+        torch.testing.assert_close(gx_f, gx_p)
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(fused.state_dict()[key], value)
+    fused.eval()
+    plain.eval()
+    x = torch.randn(2, 8, 7, 7, dtype=torch.float64)
+    torch.testing.assert_close(fused(x), plain(x))

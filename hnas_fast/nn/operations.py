@@ -13,6 +13,11 @@ candidate with ``BatchNorm2d(C, affine=False)`` (done in its ``MixedOp``); here 
 ``reference`` (``backend=`` on the module, or ``HNAS_FAST_BACKEND=reference``), which runs ``self.op`` as
 DARTS does. Their modules and state-dict keys are DARTS's either way; only the forward differs (hooks on
 the ReLU or depthwise submodules do not fire on the fused path).
+
+The search network's pooling candidates are :class:`PoolBN`: DARTS's ``nn.Sequential(pool,
+BatchNorm2d(C, affine=False))`` (same submodules, same state-dict keys) whose forward runs the pair as one
+:func:`hnas_fast.kernels.pool_bn.pool_bn` (no pooled intermediate is stored; the max pool's argmax is
+recomputed in backward), with the same ``backend`` switch.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hnas_fast.kernels.depthwise import depthwise_conv2d, resolve_depthwise_backend
+from hnas_fast.kernels.pool_bn import pool_bn, resolve_pool_bn_backend
 from hnas_fast.registry import (
     OPS,
     OpFactory,
@@ -163,10 +169,10 @@ def _use_reference(backend: str | None, x: torch.Tensor) -> bool:
 
 
 def set_kernel_backend(module: nn.Module, backend: str | None) -> nn.Module:
-    """Point every :class:`SepConv` and :class:`DilConv` in ``module`` at the depthwise ``backend``
-    (``None``: automatic, ``"reference"``: plain PyTorch); returns ``module``."""
+    """Point every :class:`SepConv`, :class:`DilConv` and :class:`PoolBN` in ``module`` at the kernel
+    ``backend`` (``None``: automatic, ``"reference"``: plain PyTorch); returns ``module``."""
     for m in module.modules():
-        if isinstance(m, (SepConv, DilConv)):
+        if isinstance(m, (SepConv, DilConv, PoolBN)):
             m.backend = backend
     return module
 
@@ -255,11 +261,81 @@ _DARTS_OPS: dict[str, OpFactory] = {
 register_builtin_ops(_DARTS_OPS)
 
 
+def _pool_geometry(pool: nn.Module) -> tuple[str, int, int] | None:
+    """``(kind, k, stride)`` when ``pool`` is a pool :func:`pool_bn` computes (square odd window, padding
+    ``k // 2``, no dilation or ceil mode; average without the padding in its count), else ``None``."""
+    def square(v: int | tuple[int, ...]) -> int | None:
+        t = (v, v) if isinstance(v, int) else tuple(v)
+        return t[0] if len(t) == 2 and t[0] == t[1] else None
+
+    if isinstance(pool, nn.MaxPool2d):
+        if pool.return_indices or pool.ceil_mode or square(pool.dilation) != 1:
+            return None
+        kind = "max"
+    elif isinstance(pool, nn.AvgPool2d):
+        if pool.count_include_pad or pool.ceil_mode or pool.divisor_override is not None:
+            return None
+        kind = "avg"
+    else:
+        return None
+    k = square(pool.kernel_size)
+    stride = square(pool.stride if pool.stride is not None else pool.kernel_size)
+    if k is None or stride is None or k % 2 == 0 or square(pool.padding) != k // 2:
+        return None
+    return kind, k, stride
+
+
+def is_fusable_pool_bn(pool: nn.Module, bn: nn.Module) -> bool:
+    """Whether ``bn(pool(x))`` is what :func:`pool_bn` computes: a DARTS pool (see
+    :func:`_pool_geometry`) followed by a ``BatchNorm2d`` without affine parameters."""
+    return (_pool_geometry(pool) is not None and type(bn) is nn.BatchNorm2d and not bn.affine
+            and bn.num_features > 0)
+
+
+def pool_bn_module(x: torch.Tensor, pool: nn.Module, bn: nn.BatchNorm2d,
+                   backend: str | None = None) -> torch.Tensor:
+    """``bn(pool(x))`` as one :func:`pool_bn`, with ``bn``'s own rules for which statistics it uses and
+    how it updates them (``num_batches_tracked``, ``momentum=None`` as a cumulative average,
+    ``track_running_stats=False``). ``is_fusable_pool_bn(pool, bn)`` must hold."""
+    geometry = _pool_geometry(pool)
+    assert geometry is not None, "pool_bn_module needs is_fusable_pool_bn(pool, bn)"
+    kind, k, stride = geometry
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            factor = 1.0 / float(bn.num_batches_tracked)
+    batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    tracked = not bn.training or bn.track_running_stats
+    return pool_bn(x, kind, k, stride, bn.running_mean if tracked else None,
+                   bn.running_var if tracked else None, batch_stats, factor, bn.eps, backend=backend)
+
+
+class PoolBN(nn.Sequential):
+    """A search-network pooling candidate: ``pool`` then ``BatchNorm2d(C, affine=False)``, run as one fused
+    :func:`pool_bn` (``backend`` as :class:`SepConv`'s; ``reference`` or an unfusable pair runs the two
+    modules). Children ``0`` and ``1`` as DARTS's ``nn.Sequential``, so state dicts load either way."""
+
+    def __init__(self, pool: nn.Module, bn: nn.BatchNorm2d, backend: str | None = None) -> None:
+        super().__init__(pool, bn)
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pool, bn = self[0], self[1]
+        backend = getattr(self, "backend", None)
+        if (len(self) != 2 or not is_fusable_pool_bn(pool, bn)
+                or resolve_pool_bn_backend(backend, x.device) == "reference"):
+            return super().forward(x)
+        return pool_bn_module(x, pool, bn, backend)
+
+
 def build_op(name: str, C: int, stride: int, affine: bool, search: bool = False) -> nn.Module:
-    """Instantiate op ``name`` for ``C`` channels; ``search=True`` adds DARTS's BN after pools."""
+    """Instantiate op ``name`` for ``C`` channels; ``search=True`` adds DARTS's BN after pools (a
+    :class:`PoolBN` where the op is a pool it fuses, else an ``nn.Sequential``)."""
     if stride not in (1, 2):
         raise ValueError(f"stride must be 1 or 2, got {stride}")
     op = get_op(name)(C, stride, affine)
     if search and needs_search_bn(name):
-        op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+        bn = nn.BatchNorm2d(C, affine=False)
+        op = PoolBN(op, bn) if is_fusable_pool_bn(op, bn) else nn.Sequential(op, bn)
     return op

@@ -24,6 +24,7 @@
 
 #include "../../common/depthwise_math.h"
 #include "../../common/tensor_args.h"
+#include "../../common/cpu_vec.h"
 #include "../../common/macros.h"
 #include "../../common/mixed_sum_math.h"
 #include "../depthwise.h"
@@ -33,33 +34,6 @@
 namespace hnas_fast {
 namespace {
 
-// One 64-byte vector of the accumulation type (GCC vector extensions: each target clone lowers it to its
-// own ISA, one zmm register under AVX-512, two ymm under AVX2).
-template <typename T>
-struct Vec;
-template <>
-struct Vec<float> {
-  typedef float type __attribute__((vector_size(64)));
-  typedef int32_t mask __attribute__((vector_size(64)));
-  static constexpr int64_t L = 16;
-};
-template <>
-struct Vec<double> {
-  typedef double type __attribute__((vector_size(64)));
-  typedef int64_t mask __attribute__((vector_size(64)));
-  static constexpr int64_t L = 8;
-};
-template <typename T>
-using vec = typename Vec<T>::type;
-template <typename T>
-using vmask = typename Vec<T>::mask;
-
-// Lanes of v where `drop` is set become +0; with bit operations, because a vector `?:` may be lowered to
-// one unpredictable branch per lane in the code built for the baseline ISA.
-template <typename T>
-DW_INLINE vec<T> zero_where(vec<T> v, vmask<T> drop) {
-  return reinterpret_cast<vec<T>>(reinterpret_cast<vmask<T>>(v) & ~drop);
-}
 // relu_if and relu_grad_if (depthwise_math.h) for a whole vector: a NaN compares false, so it passes.
 template <typename T>
 DW_INLINE vec<T> relu_vec(vec<T> v) {
@@ -68,17 +42,6 @@ DW_INLINE vec<T> relu_vec(vec<T> v) {
 template <typename T>
 DW_INLINE vec<T> relu_grad_vec(vec<T> grad, vec<T> x) {
   return zero_where<T>(grad, x <= vec<T>{});
-}
-
-template <typename T>
-DW_INLINE vec<T> ld(const T* p) {
-  vec<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <typename T>
-DW_INLINE void st(T* p, vec<T> v) {
-  std::memcpy(p, &v, sizeof(v));
 }
 
 // The stencil's view of one item: an input plane of `cols` pixels per row read at `stride`, tap offsets in

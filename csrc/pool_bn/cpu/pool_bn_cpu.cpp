@@ -23,6 +23,7 @@
 #include <limits>
 #include <vector>
 
+#include "../../common/cpu_vec.h"
 #include "../../common/macros.h"
 #include "../../common/pool_math.h"
 #include "../../common/tensor_args.h"
@@ -33,11 +34,11 @@ namespace {
 
 // ------------------------------------------------------------------------------------------ forward
 template <typename T, typename A>
-HNAS_CPU_CLONES void pool_planes(const T* __restrict x, T* __restrict y, const PoolShape& s, bool is_max,
+void pool_planes(const T* __restrict x, T* __restrict y, const PoolShape& s, bool is_max,
                                  double* __restrict psum, double* __restrict psq) {
   const int64_t k = s.k, st = s.stride, p = k / 2, Hp = s.H + 2 * p, Wp = s.W + 2 * p;
   const A fill = is_max ? -std::numeric_limits<A>::infinity() : A(0);
-  at::parallel_for(0, s.N * s.C, 1, [&](int64_t begin, int64_t end) {
+  parallel_cloned(0, s.N * s.C, 1, [&](int64_t begin, int64_t end) HNAS_BODY {
     std::vector<A> pad(Hp * Wp, fill), row(s.Wo), nan_row(s.Wo), inv_w(s.Wo);
     for (int64_t q = 0; q < s.Wo; ++q) {
       inv_w[q] = A(1) / A(window_end(q, k, st, s.W) - window_begin(q, k, st));
@@ -91,14 +92,14 @@ HNAS_CPU_CLONES void pool_planes(const T* __restrict x, T* __restrict y, const P
   });
 }
 
-// Channels per block of the channels_last kernels: the block's accumulators stay in registers.
+// Channels of the scalar channels_last blocks (the last C mod L channels, L <= CB), kept in registers.
 constexpr int64_t CB = 16;
 
-// y and the statistics of channels [c0, c0 + nc) of one sample; FULL: nc == CB at compile time.
-template <typename T, typename A, bool FULL>
-inline void pool_cl_block(const T* __restrict xn, T* __restrict yn, const PoolShape& s, bool is_max, int64_t c0,
+// y and the statistics of channels [c0, c0 + nc) of one sample (nc <= CB).
+template <typename T, typename A>
+HNAS_VEC_INLINE void pool_cl_block(const T* __restrict xn, T* __restrict yn, const PoolShape& s, bool is_max, int64_t c0,
                           int64_t nc_rt, double* __restrict sum, double* __restrict sq) {
-  const int64_t C = s.C, k = s.k, st = s.stride, nc = FULL ? CB : nc_rt;
+  const int64_t C = s.C, k = s.k, st = s.stride, nc = nc_rt;
   const A fill = is_max ? -std::numeric_limits<A>::infinity() : A(0);
   double bs[CB] = {}, bq[CB] = {};  // double: see pool_planes
   for (int64_t o = 0; o < s.Ho; ++o) {
@@ -147,19 +148,62 @@ inline void pool_cl_block(const T* __restrict xn, T* __restrict yn, const PoolSh
   }
 }
 
+// pool_cl_block for the L = Vec<A>::L channels [c0, c0 + L) as one vector each.
 template <typename T, typename A>
-HNAS_CPU_CLONES void pool_channels_last(const T* __restrict x, T* __restrict y, const PoolShape& s, bool is_max,
-                                        double* __restrict psum, double* __restrict psq) {
-  const int64_t C = s.C, blocks = (C + CB - 1) / CB;
-  at::parallel_for(0, s.N * blocks, 1, [&](int64_t begin, int64_t end) {
+HNAS_VEC_INLINE void pool_cl_vec(const T* __restrict xn, T* __restrict yn, const PoolShape& s, bool is_max,
+                                 int64_t c0, double* __restrict sum, double* __restrict sq) {
+  using V = vec<A>;
+  constexpr int64_t L = Vec<A>::L;
+  const int64_t C = s.C, k = s.k, sd = s.stride;
+  const V fill = is_max ? V{} - std::numeric_limits<A>::infinity() : V{};
+  double bs[L] = {}, bq[L] = {};  // double: see pool_planes
+  for (int64_t o = 0; o < s.Ho; ++o) {
+    const int64_t h0 = window_begin(o, k, sd), h1 = window_end(o, k, sd, s.H);
+    for (int64_t q = 0; q < s.Wo; ++q) {
+      const int64_t w0 = window_begin(q, k, sd), w1 = window_end(q, k, sd, s.W);
+      V a = fill, an = V{};
+      for (int64_t h = h0; h < h1; ++h) {
+        for (int64_t w = w0; w < w1; ++w) {
+          const V v = ld_as<A>(xn + (h * s.W + w) * C + c0);
+          if (is_max) {
+            a = select<A>(v > a, v, a);     // max_fold
+            an = select<A>(v != v, v, an);  // nan_fold
+          } else {
+            a += v;
+          }
+        }
+      }
+      a = is_max ? select<A>(an != an, an, a) : a * (A(1) / A((h1 - h0) * (w1 - w0)));
+      T* py = yn + (o * s.Wo + q) * C + c0;
+      st_as<A>(py, a);
+      const V v = ld_as<A>(py);  // the stored (rounded) value, as the normalizing pass sees it
+      for (int64_t c = 0; c < L; ++c) {
+        bs[c] += double(v[c]);
+        bq[c] += double(v[c]) * double(v[c]);
+      }
+    }
+  }
+  for (int64_t c = 0; c < L; ++c) {
+    sum[c0 + c] = bs[c];
+    sq[c0 + c] = bq[c];
+  }
+}
+
+template <typename T, typename A>
+void pool_channels_last(const T* __restrict x, T* __restrict y, const PoolShape& s, bool is_max,
+                        double* __restrict psum, double* __restrict psq) {
+  // Blocks of L channels as vectors, then the last C mod L channels (< CB) as one scalar block.
+  constexpr int64_t L = Vec<A>::L;
+  const int64_t C = s.C, full = C / L, blocks = full + (C % L != 0);
+  parallel_cloned(0, s.N * blocks, 1, [&](int64_t begin, int64_t end) HNAS_BODY {
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / blocks, c0 = (item % blocks) * CB, nc = std::min(CB, C - c0);
+      const int64_t n = item / blocks, b = item % blocks, c0 = b * L;
       const T* xn = x + n * s.H * s.W * C;
       T* yn = y + n * s.Ho * s.Wo * C;
-      if (nc == CB) {
-        pool_cl_block<T, A, true>(xn, yn, s, is_max, c0, nc, psum + n * C, psq + n * C);
+      if (b < full) {
+        pool_cl_vec<T, A>(xn, yn, s, is_max, c0, psum + n * C, psq + n * C);
       } else {
-        pool_cl_block<T, A, false>(xn, yn, s, is_max, c0, nc, psum + n * C, psq + n * C);
+        pool_cl_block<T, A>(xn, yn, s, is_max, c0, C - c0, psum + n * C, psq + n * C);
       }
     }
   });
@@ -167,11 +211,11 @@ HNAS_CPU_CLONES void pool_channels_last(const T* __restrict x, T* __restrict y, 
 
 // out = (y - mean) * invstd in place; `cl`: channel = index mod C, else (index / plane) mod C.
 template <typename T, typename A>
-HNAS_CPU_CLONES void normalize(T* __restrict y, const PoolShape& s, bool cl, const A* __restrict mean,
+void normalize(T* __restrict y, const PoolShape& s, bool cl, const A* __restrict mean,
                                const A* __restrict invstd) {
   const int64_t C = s.C, plane = s.Ho * s.Wo;
   if (cl) {
-    at::parallel_for(0, s.N * plane, 256, [&](int64_t begin, int64_t end) {
+    parallel_cloned(0, s.N * plane, 256, [&](int64_t begin, int64_t end) HNAS_BODY {
       for (int64_t i = begin; i < end; ++i) {
         T* py = y + i * C;
         for (int64_t c = 0; c < C; ++c) {
@@ -180,7 +224,7 @@ HNAS_CPU_CLONES void normalize(T* __restrict y, const PoolShape& s, bool cl, con
       }
     });
   } else {
-    at::parallel_for(0, s.N * C, 1, [&](int64_t begin, int64_t end) {
+    parallel_cloned(0, s.N * C, 1, [&](int64_t begin, int64_t end) HNAS_BODY {
       for (int64_t nc = begin; nc < end; ++nc) {
         const A m = mean[nc % C], is = invstd[nc % C];
         T* py = y + nc * plane;
@@ -195,12 +239,12 @@ HNAS_CPU_CLONES void normalize(T* __restrict y, const PoolShape& s, bool cl, con
 // ------------------------------------------------------------------------------------------ backward
 // Per-channel partial sums of g and g * xhat: [N, C], as the forward's.
 template <typename T>
-HNAS_CPU_CLONES void grad_sums(const T* __restrict g, const T* __restrict xhat, const PoolShape& s, bool cl,
+void grad_sums(const T* __restrict g, const T* __restrict xhat, const PoolShape& s, bool cl,
                                double* __restrict pg, double* __restrict pgx) {
   using A = at::opmath_type<T>;
   const int64_t C = s.C, plane = s.Ho * s.Wo;
   if (cl) {
-    at::parallel_for(0, s.N, 1, [&](int64_t begin, int64_t end) {
+    parallel_cloned(0, s.N, 1, [&](int64_t begin, int64_t end) HNAS_BODY {
       for (int64_t n = begin; n < end; ++n) {
         double* __restrict a = pg + n * C;
         double* __restrict b = pgx + n * C;
@@ -219,7 +263,7 @@ HNAS_CPU_CLONES void grad_sums(const T* __restrict g, const T* __restrict xhat, 
       }
     });
   } else {
-    at::parallel_for(0, s.N * C, 1, [&](int64_t begin, int64_t end) {
+    parallel_cloned(0, s.N * C, 1, [&](int64_t begin, int64_t end) HNAS_BODY {
       for (int64_t nc = begin; nc < end; ++nc) {
         const T* gi = g + nc * plane;
         const T* xi = xhat + nc * plane;
@@ -244,19 +288,68 @@ HNAS_CPU_CLONES void grad_sums(const T* __restrict g, const T* __restrict xhat, 
 
 // dL/dy of one output element (pool_math.h): ca = invstd, cb = -invstd * mean(g), cc = -invstd * mean(g xhat).
 template <typename A>
-inline A dy(A g, A xhat, A ca, A cb, A cc) {
+HNAS_VEC_INLINE A dy(A g, A xhat, A ca, A cb, A cc) {
   return ca * g + cb + cc * xhat;
+}
+
+// dL/dy of output row o (dv, consumed) routed into the padded plane B; pad holds x (max). S: the stride when
+// known at compile time (1, 2), 0 for any other. With S known the tap loops along q are unit- or fixed-stride
+// and vectorize.
+template <typename A, int64_t S>
+HNAS_VEC_INLINE void route_row(const A* __restrict pad, A* __restrict B, A* __restrict rv, A* __restrict dv,
+                               const A* __restrict inv_w, const PoolShape& s, bool is_max, int64_t o, int64_t Wp,
+                               A fill) {
+  const int64_t k = s.k, st = S ? S : s.stride;
+  if (is_max) {
+    for (int64_t q = 0; q < s.Wo; ++q) {
+      rv[q] = fill;
+    }
+    for (int64_t kh = 0; kh < k; ++kh) {
+      const A* src = pad + (o * st + kh) * Wp;
+      for (int64_t kw = 0; kw < k; ++kw) {
+        for (int64_t q = 0; q < s.Wo; ++q) {
+          const A v = src[q * st + kw];
+          rv[q] = max_fold(v, rv[q]);
+        }
+      }
+    }
+    for (int64_t kh = 0; kh < k; ++kh) {
+      const A* src = pad + (o * st + kh) * Wp;
+      A* dst = B + (o * st + kh) * Wp;
+      for (int64_t kw = 0; kw < k; ++kw) {
+        for (int64_t q = 0; q < s.Wo; ++q) {
+          const A v = src[q * st + kw];
+          const bool hit = max_hit(v, rv[q]);
+          dst[q * st + kw] += hit ? dv[q] : A(0);
+          dv[q] = hit ? A(0) : dv[q];
+        }
+      }
+    }
+  } else {
+    const A inv_h = A(1) / A(window_end(o, k, st, s.H) - window_begin(o, k, st));
+    for (int64_t q = 0; q < s.Wo; ++q) {
+      dv[q] *= inv_h * inv_w[q];
+    }
+    for (int64_t kh = 0; kh < k; ++kh) {
+      A* dst = B + (o * st + kh) * Wp;
+      for (int64_t kw = 0; kw < k; ++kw) {
+        for (int64_t q = 0; q < s.Wo; ++q) {
+          dst[q * st + kw] += dv[q];
+        }
+      }
+    }
+  }
 }
 
 // The routing is branch-free: the window's maximum r is recomputed, then the taps are visited in row-major
 // order and the first one that max_hit()s takes dL/dy, which is then zeroed for the others.
 template <typename T, typename A>
-HNAS_CPU_CLONES void route_planes(const T* __restrict g, const T* __restrict xhat, const T* __restrict x,
+void route_planes(const T* __restrict g, const T* __restrict xhat, const T* __restrict x,
                                   T* __restrict gx, const PoolShape& s, bool is_max, const A* __restrict ca,
                                   const A* __restrict cb, const A* __restrict cc) {
   const int64_t k = s.k, st = s.stride, C = s.C, p = k / 2, Hp = s.H + 2 * p, Wp = s.W + 2 * p;
   const A fill = is_max ? -std::numeric_limits<A>::infinity() : A(0);
-  at::parallel_for(0, s.N * C, 1, [&](int64_t begin, int64_t end) {
+  parallel_cloned(0, s.N * C, 1, [&](int64_t begin, int64_t end) HNAS_BODY {
     std::vector<A> pad(Hp * Wp, fill), buf(Hp * Wp), r(s.Wo), d(s.Wo), inv_w(s.Wo);
     for (int64_t q = 0; q < s.Wo; ++q) {
       inv_w[q] = A(1) / A(window_end(q, k, st, s.W) - window_begin(q, k, st));
@@ -286,44 +379,12 @@ HNAS_CPU_CLONES void route_planes(const T* __restrict g, const T* __restrict xha
           const int64_t j = o * s.Wo + q;
           dv[q] = a1 * static_cast<A>(gp[j]) + a0 + a2 * static_cast<A>(hp[j]);
         }
-        if (is_max) {
-          for (int64_t q = 0; q < s.Wo; ++q) {
-            rv[q] = fill;
-          }
-          for (int64_t kh = 0; kh < k; ++kh) {
-            const A* src = pad.data() + (o * st + kh) * Wp;
-            for (int64_t kw = 0; kw < k; ++kw) {
-              for (int64_t q = 0; q < s.Wo; ++q) {
-                const A v = src[q * st + kw];
-                rv[q] = max_fold(v, rv[q]);
-              }
-            }
-          }
-          for (int64_t kh = 0; kh < k; ++kh) {
-            const A* src = pad.data() + (o * st + kh) * Wp;
-            A* dst = B + (o * st + kh) * Wp;
-            for (int64_t kw = 0; kw < k; ++kw) {
-              for (int64_t q = 0; q < s.Wo; ++q) {
-                const A v = src[q * st + kw];
-                const bool hit = max_hit(v, rv[q]);
-                dst[q * st + kw] += hit ? dv[q] : A(0);
-                dv[q] = hit ? A(0) : dv[q];
-              }
-            }
-          }
+        if (st == 1) {
+          route_row<A, 1>(pad.data(), B, rv, dv, inv_w.data(), s, is_max, o, Wp, fill);
+        } else if (st == 2) {
+          route_row<A, 2>(pad.data(), B, rv, dv, inv_w.data(), s, is_max, o, Wp, fill);
         } else {
-          const A inv_h = A(1) / A(window_end(o, k, st, s.H) - window_begin(o, k, st));
-          for (int64_t q = 0; q < s.Wo; ++q) {
-            dv[q] *= inv_h * inv_w[q];
-          }
-          for (int64_t kh = 0; kh < k; ++kh) {
-            A* dst = B + (o * st + kh) * Wp;
-            for (int64_t kw = 0; kw < k; ++kw) {
-              for (int64_t q = 0; q < s.Wo; ++q) {
-                dst[q * st + kw] += dv[q];
-              }
-            }
-          }
+          route_row<A, 0>(pad.data(), B, rv, dv, inv_w.data(), s, is_max, o, Wp, fill);
         }
       }
       T* gxp = gx + nc * s.H * s.W;
@@ -337,11 +398,11 @@ HNAS_CPU_CLONES void route_planes(const T* __restrict g, const T* __restrict xha
   });
 }
 
-template <typename T, typename A, bool FULL>
-inline void route_cl_block(const T* __restrict g, const T* __restrict xhat, const T* __restrict xn,
+template <typename T, typename A>
+HNAS_VEC_INLINE void route_cl_block(const T* __restrict g, const T* __restrict xhat, const T* __restrict xn,
                            A* __restrict B, const PoolShape& s, bool is_max, int64_t n, int64_t c0, int64_t nc_rt,
                            const A* __restrict ca, const A* __restrict cb, const A* __restrict cc) {
-  const int64_t C = s.C, k = s.k, st = s.stride, nc = FULL ? CB : nc_rt;
+  const int64_t C = s.C, k = s.k, st = s.stride, nc = nc_rt;
   for (int64_t o = 0; o < s.Ho; ++o) {
     const int64_t h0 = window_begin(o, k, st), h1 = window_end(o, k, st, s.H);
     for (int64_t q = 0; q < s.Wo; ++q) {
@@ -395,12 +456,58 @@ inline void route_cl_block(const T* __restrict g, const T* __restrict xhat, cons
   }
 }
 
+// The same for the L = Vec<A>::L channels [c0, c0 + L) as one vector each (the common case: C a multiple of
+// 16 in float32, of 8 in float64).
 template <typename T, typename A>
-HNAS_CPU_CLONES void route_channels_last(const T* __restrict g, const T* __restrict xhat, const T* __restrict x,
+HNAS_VEC_INLINE void route_cl_vec(const T* __restrict g, const T* __restrict xhat, const T* __restrict xn,
+                                  A* __restrict B, const PoolShape& s, bool is_max, int64_t n, int64_t c0,
+                                  const A* __restrict ca, const A* __restrict cb, const A* __restrict cc) {
+  using V = vec<A>;
+  const int64_t C = s.C, k = s.k, sd = s.stride;
+  const V a1 = ld(ca + c0), a0 = ld(cb + c0), a2 = ld(cc + c0);
+  const V ninf = V{} - std::numeric_limits<A>::infinity();
+  for (int64_t o = 0; o < s.Ho; ++o) {
+    const int64_t h0 = window_begin(o, k, sd), h1 = window_end(o, k, sd, s.H);
+    for (int64_t q = 0; q < s.Wo; ++q) {
+      const int64_t w0 = window_begin(q, k, sd), w1 = window_end(q, k, sd, s.W);
+      const int64_t j = ((n * s.Ho + o) * s.Wo + q) * C + c0;
+      V d = a1 * ld_as<A>(g + j) + a0 + a2 * ld_as<A>(xhat + j);
+      if (is_max) {
+        V r = ninf;
+        for (int64_t h = h0; h < h1; ++h) {
+          for (int64_t w = w0; w < w1; ++w) {
+            const V v = ld_as<A>(xn + (h * s.W + w) * C + c0);
+            r = select<A>(v > r, v, r);  // max_fold
+          }
+        }
+        for (int64_t h = h0; h < h1; ++h) {
+          for (int64_t w = w0; w < w1; ++w) {
+            const V v = ld_as<A>(xn + (h * s.W + w) * C + c0);
+            A* bp = B + (h * s.W + w) * C + c0;
+            const auto miss = v < r;  // max_hit is its negation
+            st(bp, ld(bp) + zero_where<A>(d, miss));
+            d = zero_where<A>(d, ~miss);
+          }
+        }
+      } else {
+        d *= A(1) / A((h1 - h0) * (w1 - w0));
+        for (int64_t h = h0; h < h1; ++h) {
+          for (int64_t w = w0; w < w1; ++w) {
+            A* bp = B + (h * s.W + w) * C + c0;
+            st(bp, ld(bp) + d);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T, typename A>
+void route_channels_last(const T* __restrict g, const T* __restrict xhat, const T* __restrict x,
                                          T* __restrict gx, const PoolShape& s, bool is_max, const A* __restrict ca,
                                          const A* __restrict cb, const A* __restrict cc) {
   const int64_t C = s.C, HW = s.H * s.W;
-  at::parallel_for(0, s.N, 1, [&](int64_t begin, int64_t end) {
+  parallel_cloned(0, s.N, 1, [&](int64_t begin, int64_t end) HNAS_BODY {
     std::vector<A> buf(HW * C);
     for (int64_t n = begin; n < end; ++n) {
       const T* xn = x + n * HW * C;
@@ -408,13 +515,13 @@ HNAS_CPU_CLONES void route_channels_last(const T* __restrict g, const T* __restr
       for (int64_t i = 0; i < HW * C; ++i) {
         B[i] = 0;
       }
-      for (int64_t c0 = 0; c0 < C; c0 += CB) {
-        const int64_t nc = std::min(CB, C - c0);
-        if (nc == CB) {
-          route_cl_block<T, A, true>(g, xhat, xn, B, s, is_max, n, c0, nc, ca, cb, cc);
-        } else {
-          route_cl_block<T, A, false>(g, xhat, xn, B, s, is_max, n, c0, nc, ca, cb, cc);
-        }
+      constexpr int64_t L = Vec<A>::L;
+      int64_t c0 = 0;
+      for (; c0 + L <= C; c0 += L) {
+        route_cl_vec<T, A>(g, xhat, xn, B, s, is_max, n, c0, ca, cb, cc);
+      }
+      if (c0 < C) {  // the last C mod L channels (< CB)
+        route_cl_block<T, A>(g, xhat, xn, B, s, is_max, n, c0, C - c0, ca, cb, cc);
       }
       T* gxn = gx + n * HW * C;
       for (int64_t i = 0; i < HW * C; ++i) {
