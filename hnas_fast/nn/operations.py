@@ -285,20 +285,21 @@ def _pool_geometry(pool: nn.Module) -> tuple[str, int, int] | None:
     return kind, k, stride
 
 
+def _fused_geometry(pool: nn.Module, bn: nn.Module) -> tuple[str, int, int] | None:
+    """``_pool_geometry(pool)`` when ``bn`` is a ``BatchNorm2d`` without affine parameters, else ``None``."""
+    if type(bn) is not nn.BatchNorm2d or bn.affine or bn.num_features == 0:
+        return None
+    return _pool_geometry(pool)
+
+
 def is_fusable_pool_bn(pool: nn.Module, bn: nn.Module) -> bool:
     """Whether ``bn(pool(x))`` is what :func:`pool_bn` computes: a DARTS pool (see
     :func:`_pool_geometry`) followed by a ``BatchNorm2d`` without affine parameters."""
-    return (_pool_geometry(pool) is not None and type(bn) is nn.BatchNorm2d and not bn.affine
-            and bn.num_features > 0)
+    return _fused_geometry(pool, bn) is not None
 
 
-def pool_bn_module(x: torch.Tensor, pool: nn.Module, bn: nn.BatchNorm2d,
-                   backend: str | None = None) -> torch.Tensor:
-    """``bn(pool(x))`` as one :func:`pool_bn`, with ``bn``'s own rules for which statistics it uses and
-    how it updates them (``num_batches_tracked``, ``momentum=None`` as a cumulative average,
-    ``track_running_stats=False``). ``is_fusable_pool_bn(pool, bn)`` must hold."""
-    geometry = _pool_geometry(pool)
-    assert geometry is not None, "pool_bn_module needs is_fusable_pool_bn(pool, bn)"
+def _pool_bn_with(x: torch.Tensor, geometry: tuple[str, int, int], bn: nn.BatchNorm2d,
+                  backend: str | None) -> torch.Tensor:
     kind, k, stride = geometry
     factor = 0.0 if bn.momentum is None else bn.momentum
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
@@ -311,6 +312,16 @@ def pool_bn_module(x: torch.Tensor, pool: nn.Module, bn: nn.BatchNorm2d,
                    bn.running_var if tracked else None, batch_stats, factor, bn.eps, backend=backend)
 
 
+def pool_bn_module(x: torch.Tensor, pool: nn.Module, bn: nn.BatchNorm2d,
+                   backend: str | None = None) -> torch.Tensor:
+    """``bn(pool(x))`` as one :func:`pool_bn`, with ``bn``'s own rules for which statistics it uses and
+    how it updates them (``num_batches_tracked``, ``momentum=None`` as a cumulative average,
+    ``track_running_stats=False``). ``is_fusable_pool_bn(pool, bn)`` must hold."""
+    geometry = _fused_geometry(pool, bn)
+    assert geometry is not None, "pool_bn_module needs is_fusable_pool_bn(pool, bn)"
+    return _pool_bn_with(x, geometry, bn, backend)
+
+
 class PoolBN(nn.Sequential):
     """A search-network pooling candidate: ``pool`` then ``BatchNorm2d(C, affine=False)``, run as one fused
     :func:`pool_bn` (``backend`` as :class:`SepConv`'s; ``reference`` or an unfusable pair runs the two
@@ -321,12 +332,11 @@ class PoolBN(nn.Sequential):
         self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pool, bn = self[0], self[1]
         backend = getattr(self, "backend", None)
-        if (len(self) != 2 or not is_fusable_pool_bn(pool, bn)
-                or resolve_pool_bn_backend(backend, x.device) == "reference"):
+        geometry = _fused_geometry(self[0], self[1]) if len(self) == 2 else None
+        if geometry is None or resolve_pool_bn_backend(backend, x.device) == "reference":
             return super().forward(x)
-        return pool_bn_module(x, pool, bn, backend)
+        return _pool_bn_with(x, geometry, self[1], backend)
 
 
 def build_op(name: str, C: int, stride: int, affine: bool, search: bool = False) -> nn.Module:

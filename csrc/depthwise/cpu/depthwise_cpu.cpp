@@ -29,18 +29,16 @@
 #include "../../common/mixed_sum_math.h"
 #include "../depthwise.h"
 
-#define DW_INLINE inline __attribute__((always_inline))
-
 namespace hnas_fast {
 namespace {
 
 // relu_if and relu_grad_if (depthwise_math.h) for a whole vector: a NaN compares false, so it passes.
 template <typename T>
-DW_INLINE vec<T> relu_vec(vec<T> v) {
+HNAS_VEC_INLINE vec<T> relu_vec(vec<T> v) {
   return zero_where<T>(v, v < vec<T>{});
 }
 template <typename T>
-DW_INLINE vec<T> relu_grad_vec(vec<T> grad, vec<T> x) {
+HNAS_VEC_INLINE vec<T> relu_grad_vec(vec<T> grad, vec<T> x) {
   return zero_where<T>(grad, x <= vec<T>{});
 }
 
@@ -55,8 +53,8 @@ struct Stencil {
 
 // out[o, q] = sum_t w[t] * plane[(o s) cols + q s + off[t]] for B consecutive output pixels.
 template <typename acc, int B>
-DW_INLINE void forward_block(const acc* __restrict plane, const acc* __restrict w, const Stencil& g, int64_t o,
-                             int64_t q, acc* __restrict out) {
+HNAS_VEC_INLINE void forward_block(const acc* __restrict plane, const acc* __restrict w, const Stencil& g, int64_t o,
+                                   int64_t q, acc* __restrict out) {
   constexpr int64_t L = Vec<acc>::L;
   vec<acc> a[B];
   for (int b = 0; b < B; ++b) {
@@ -78,8 +76,8 @@ DW_INLINE void forward_block(const acc* __restrict plane, const acc* __restrict 
 }
 
 template <typename acc>
-DW_INLINE void forward_stencil(const acc* __restrict plane, const acc* __restrict w, const Stencil& g,
-                               acc* __restrict out) {
+HNAS_VEC_INLINE void forward_stencil(const acc* __restrict plane, const acc* __restrict w, const Stencil& g,
+                                     acc* __restrict out) {
   for (int64_t o = 0; o < g.Ho; ++o) {
     int64_t q = 0;
     for (; q + 8 <= g.Wo; q += 8) {
@@ -97,8 +95,8 @@ DW_INLINE void forward_stencil(const acc* __restrict plane, const acc* __restric
 // gw[t] += sum_b grad[o, q + b] * plane[.] for B consecutive output pixels and every tap; grad rows are
 // `gpitch` pixels apart.
 template <typename acc, int B>
-DW_INLINE void weight_grad_block(const acc* __restrict plane, const acc* __restrict grad, int64_t gpitch,
-                                 const Stencil& g, int64_t o, int64_t q, acc* __restrict gw) {
+HNAS_VEC_INLINE void weight_grad_block(const acc* __restrict plane, const acc* __restrict grad, int64_t gpitch,
+                                       const Stencil& g, int64_t o, int64_t q, acc* __restrict gw) {
   constexpr int64_t L = Vec<acc>::L;
   vec<acc> gv[B];
   for (int b = 0; b < B; ++b) {
@@ -123,8 +121,8 @@ DW_INLINE void weight_grad_block(const acc* __restrict plane, const acc* __restr
 
 // One item's weight gradient. The float row sums are flushed into double after every output row.
 template <typename acc>
-DW_INLINE void weight_grad_stencil(const acc* __restrict plane, const acc* __restrict grad, int64_t gpitch,
-                                   const Stencil& g, acc* __restrict gw_row, double* __restrict gw) {
+HNAS_VEC_INLINE void weight_grad_stencil(const acc* __restrict plane, const acc* __restrict grad, int64_t gpitch,
+                                         const Stencil& g, acc* __restrict gw_row, double* __restrict gw) {
   constexpr int64_t L = Vec<acc>::L;
   for (int64_t o = 0; o < g.Ho; ++o) {
     std::fill(gw_row, gw_row + g.taps * L, acc(0));
@@ -244,7 +242,7 @@ Geom geometry(const DepthwiseShape& s, int64_t L) {
 
 // Zeroes the pixels of a padded plane outside its h x w interior.
 template <typename acc>
-DW_INLINE void zero_border(acc* plane, const Padded& pd, int64_t h, int64_t w) {
+HNAS_VEC_INLINE void zero_border(acc* plane, const Padded& pd, int64_t h, int64_t w) {
   constexpr int64_t L = Vec<acc>::L;
   std::fill(plane, plane + pd.top * pd.cols * L, acc(0));
   for (int64_t i = pd.top; i < pd.top + h; ++i) {
@@ -257,8 +255,8 @@ DW_INLINE void zero_border(acc* plane, const Padded& pd, int64_t h, int64_t w) {
 
 // The interior of `plane` = t[n, c0 : c0 + nc, :h, :w] (ReLU'd when `relu`), zero elsewhere.
 template <typename scalar_t, typename acc>
-DW_INLINE void load_padded(const scalar_t* t, const View4& v, int64_t h, int64_t w, const Padded& pd, int64_t n, int64_t c0,
-                 int64_t nc, bool relu, acc* plane) {
+HNAS_VEC_INLINE void load_padded(const scalar_t* t, const View4& v, int64_t h, int64_t w, const Padded& pd,
+                                 int64_t n, int64_t c0, int64_t nc, bool relu, acc* plane) {
   constexpr int64_t L = Vec<acc>::L;
   if (nc < L) {
     std::fill(plane, plane + pd.rows * pd.cols * L, acc(0));
@@ -305,8 +303,8 @@ DW_INLINE void load_padded(const scalar_t* t, const View4& v, int64_t h, int64_t
 
 // t[n, c0 + l, o, q] = buf[o, q, l] for l < nc (buf: h rows of w pixels).
 template <typename scalar_t, typename acc>
-DW_INLINE void store_dense(const acc* buf, int64_t h, int64_t w, const View4& v, int64_t n, int64_t c0, int64_t nc,
-                           scalar_t* t) {
+HNAS_VEC_INLINE void store_dense(const acc* buf, int64_t h, int64_t w, const View4& v, int64_t n, int64_t c0,
+                                 int64_t nc, scalar_t* t) {
   constexpr int64_t L = Vec<acc>::L;
   scalar_t* tn = t + n * v.sn + c0 * v.sc;
   if constexpr (std::is_same_v<scalar_t, acc>) {
@@ -346,8 +344,8 @@ DW_INLINE void store_dense(const acc* buf, int64_t h, int64_t w, const View4& v,
 // plane: relu(x) <= 0 exactly where x <= 0 (a NaN stays NaN and passes), so the mask is the same, and it is
 // applied on the blocked buffer, a vector at a time, before any layout change.
 template <typename acc>
-DW_INLINE void relu_grad_mask(acc* __restrict buf, int64_t h, int64_t w, int64_t row, int64_t col,
-                              const acc* __restrict plane, const Padded& pd) {
+HNAS_VEC_INLINE void relu_grad_mask(acc* __restrict buf, int64_t h, int64_t w, int64_t row, int64_t col,
+                                    const acc* __restrict plane, const Padded& pd) {
   constexpr int64_t L = Vec<acc>::L;
   for (int64_t i = 0; i < h; ++i) {
     const acc* r = plane + ((pd.top + i) * pd.cols + pd.left) * L;
@@ -390,7 +388,7 @@ struct ForwardJob {
 };
 
 template <typename scalar_t, typename acc>
-DW_INLINE void forward_items(const ForwardJob<scalar_t, acc>& j, int64_t i0, int64_t i1) {
+HNAS_VEC_INLINE void forward_items(const ForwardJob<scalar_t, acc>& j, int64_t i0, int64_t i1) {
   constexpr int64_t L = Vec<acc>::L;
   const Geom& g = *j.g;
   const DepthwiseShape& s = g.s;
@@ -426,7 +424,7 @@ struct BackwardJob {
 };
 
 template <typename scalar_t, typename acc>
-DW_INLINE void backward_items(const BackwardJob<scalar_t, acc>& j, int64_t i0, int64_t i1) {
+HNAS_VEC_INLINE void backward_items(const BackwardJob<scalar_t, acc>& j, int64_t i0, int64_t i1) {
   constexpr int64_t L = Vec<acc>::L;
   const Geom& g = *j.g;
   const DepthwiseShape& s = g.s;

@@ -35,7 +35,7 @@ namespace {
 // ------------------------------------------------------------------------------------------ forward
 template <typename T, typename A>
 void pool_planes(const T* __restrict x, T* __restrict y, const PoolShape& s, bool is_max,
-                                 double* __restrict psum, double* __restrict psq) {
+                  double* __restrict psum, double* __restrict psq) {
   const int64_t k = s.k, st = s.stride, p = k / 2, Hp = s.H + 2 * p, Wp = s.W + 2 * p;
   const A fill = is_max ? -std::numeric_limits<A>::infinity() : A(0);
   parallel_cloned(0, s.N * s.C, 1, [&](int64_t begin, int64_t end) HNAS_BODY {
@@ -97,9 +97,9 @@ constexpr int64_t CB = 16;
 
 // y and the statistics of channels [c0, c0 + nc) of one sample (nc <= CB).
 template <typename T, typename A>
-HNAS_VEC_INLINE void pool_cl_block(const T* __restrict xn, T* __restrict yn, const PoolShape& s, bool is_max, int64_t c0,
-                          int64_t nc_rt, double* __restrict sum, double* __restrict sq) {
-  const int64_t C = s.C, k = s.k, st = s.stride, nc = nc_rt;
+HNAS_VEC_INLINE void pool_cl_block(const T* __restrict xn, T* __restrict yn, const PoolShape& s, bool is_max,
+                                   int64_t c0, int64_t nc, double* __restrict sum, double* __restrict sq) {
+  const int64_t C = s.C, k = s.k, st = s.stride;
   const A fill = is_max ? -std::numeric_limits<A>::infinity() : A(0);
   double bs[CB] = {}, bq[CB] = {};  // double: see pool_planes
   for (int64_t o = 0; o < s.Ho; ++o) {
@@ -151,7 +151,7 @@ HNAS_VEC_INLINE void pool_cl_block(const T* __restrict xn, T* __restrict yn, con
 // pool_cl_block for the L = Vec<A>::L channels [c0, c0 + L) as one vector each.
 template <typename T, typename A>
 HNAS_VEC_INLINE void pool_cl_vec(const T* __restrict xn, T* __restrict yn, const PoolShape& s, bool is_max,
-                                 int64_t c0, double* __restrict sum, double* __restrict sq) {
+                                  int64_t c0, double* __restrict sum, double* __restrict sq) {
   using V = vec<A>;
   constexpr int64_t L = Vec<A>::L;
   const int64_t C = s.C, k = s.k, sd = s.stride;
@@ -191,7 +191,7 @@ HNAS_VEC_INLINE void pool_cl_vec(const T* __restrict xn, T* __restrict yn, const
 
 template <typename T, typename A>
 void pool_channels_last(const T* __restrict x, T* __restrict y, const PoolShape& s, bool is_max,
-                        double* __restrict psum, double* __restrict psq) {
+                         double* __restrict psum, double* __restrict psq) {
   // Blocks of L channels as vectors, then the last C mod L channels (< CB) as one scalar block.
   constexpr int64_t L = Vec<A>::L;
   const int64_t C = s.C, full = C / L, blocks = full + (C % L != 0);
@@ -212,7 +212,7 @@ void pool_channels_last(const T* __restrict x, T* __restrict y, const PoolShape&
 // out = (y - mean) * invstd in place; `cl`: channel = index mod C, else (index / plane) mod C.
 template <typename T, typename A>
 void normalize(T* __restrict y, const PoolShape& s, bool cl, const A* __restrict mean,
-                               const A* __restrict invstd) {
+                const A* __restrict invstd) {
   const int64_t C = s.C, plane = s.Ho * s.Wo;
   if (cl) {
     parallel_cloned(0, s.N * plane, 256, [&](int64_t begin, int64_t end) HNAS_BODY {
@@ -240,7 +240,7 @@ void normalize(T* __restrict y, const PoolShape& s, bool cl, const A* __restrict
 // Per-channel partial sums of g and g * xhat: [N, C], as the forward's.
 template <typename T>
 void grad_sums(const T* __restrict g, const T* __restrict xhat, const PoolShape& s, bool cl,
-                               double* __restrict pg, double* __restrict pgx) {
+                double* __restrict pg, double* __restrict pgx) {
   using A = at::opmath_type<T>;
   const int64_t C = s.C, plane = s.Ho * s.Wo;
   if (cl) {
@@ -286,19 +286,16 @@ void grad_sums(const T* __restrict g, const T* __restrict xhat, const PoolShape&
   }
 }
 
-// dL/dy of one output element (pool_math.h): ca = invstd, cb = -invstd * mean(g), cc = -invstd * mean(g xhat).
-template <typename A>
-HNAS_VEC_INLINE A dy(A g, A xhat, A ca, A cb, A cc) {
-  return ca * g + cb + cc * xhat;
-}
+// The routing kernels below take dL/dy of one output element (pool_math.h) as ca * g + cb + cc * xhat, with
+// ca = invstd, cb = -invstd * mean(g), cc = -invstd * mean(g xhat) per channel.
 
 // dL/dy of output row o (dv, consumed) routed into the padded plane B; pad holds x (max). S: the stride when
 // known at compile time (1, 2), 0 for any other. With S known the tap loops along q are unit- or fixed-stride
 // and vectorize.
 template <typename A, int64_t S>
 HNAS_VEC_INLINE void route_row(const A* __restrict pad, A* __restrict B, A* __restrict rv, A* __restrict dv,
-                               const A* __restrict inv_w, const PoolShape& s, bool is_max, int64_t o, int64_t Wp,
-                               A fill) {
+                                const A* __restrict inv_w, const PoolShape& s, bool is_max, int64_t o, int64_t Wp,
+                                A fill) {
   const int64_t k = s.k, st = S ? S : s.stride;
   if (is_max) {
     for (int64_t q = 0; q < s.Wo; ++q) {
@@ -345,8 +342,8 @@ HNAS_VEC_INLINE void route_row(const A* __restrict pad, A* __restrict B, A* __re
 // order and the first one that max_hit()s takes dL/dy, which is then zeroed for the others.
 template <typename T, typename A>
 void route_planes(const T* __restrict g, const T* __restrict xhat, const T* __restrict x,
-                                  T* __restrict gx, const PoolShape& s, bool is_max, const A* __restrict ca,
-                                  const A* __restrict cb, const A* __restrict cc) {
+                   T* __restrict gx, const PoolShape& s, bool is_max, const A* __restrict ca,
+                   const A* __restrict cb, const A* __restrict cc) {
   const int64_t k = s.k, st = s.stride, C = s.C, p = k / 2, Hp = s.H + 2 * p, Wp = s.W + 2 * p;
   const A fill = is_max ? -std::numeric_limits<A>::infinity() : A(0);
   parallel_cloned(0, s.N * C, 1, [&](int64_t begin, int64_t end) HNAS_BODY {
@@ -400,9 +397,10 @@ void route_planes(const T* __restrict g, const T* __restrict xhat, const T* __re
 
 template <typename T, typename A>
 HNAS_VEC_INLINE void route_cl_block(const T* __restrict g, const T* __restrict xhat, const T* __restrict xn,
-                           A* __restrict B, const PoolShape& s, bool is_max, int64_t n, int64_t c0, int64_t nc_rt,
-                           const A* __restrict ca, const A* __restrict cb, const A* __restrict cc) {
-  const int64_t C = s.C, k = s.k, st = s.stride, nc = nc_rt;
+                                    A* __restrict B, const PoolShape& s, bool is_max, int64_t n, int64_t c0,
+                                    int64_t nc, const A* __restrict ca, const A* __restrict cb,
+                                    const A* __restrict cc) {
+  const int64_t C = s.C, k = s.k, st = s.stride;
   for (int64_t o = 0; o < s.Ho; ++o) {
     const int64_t h0 = window_begin(o, k, st), h1 = window_end(o, k, st, s.H);
     for (int64_t q = 0; q < s.Wo; ++q) {
@@ -460,8 +458,8 @@ HNAS_VEC_INLINE void route_cl_block(const T* __restrict g, const T* __restrict x
 // 16 in float32, of 8 in float64).
 template <typename T, typename A>
 HNAS_VEC_INLINE void route_cl_vec(const T* __restrict g, const T* __restrict xhat, const T* __restrict xn,
-                                  A* __restrict B, const PoolShape& s, bool is_max, int64_t n, int64_t c0,
-                                  const A* __restrict ca, const A* __restrict cb, const A* __restrict cc) {
+                                   A* __restrict B, const PoolShape& s, bool is_max, int64_t n, int64_t c0,
+                                   const A* __restrict ca, const A* __restrict cb, const A* __restrict cc) {
   using V = vec<A>;
   const int64_t C = s.C, k = s.k, sd = s.stride;
   const V a1 = ld(ca + c0), a0 = ld(cb + c0), a2 = ld(cc + c0);
@@ -504,8 +502,8 @@ HNAS_VEC_INLINE void route_cl_vec(const T* __restrict g, const T* __restrict xha
 
 template <typename T, typename A>
 void route_channels_last(const T* __restrict g, const T* __restrict xhat, const T* __restrict x,
-                                         T* __restrict gx, const PoolShape& s, bool is_max, const A* __restrict ca,
-                                         const A* __restrict cb, const A* __restrict cc) {
+                          T* __restrict gx, const PoolShape& s, bool is_max, const A* __restrict ca,
+                          const A* __restrict cb, const A* __restrict cc) {
   const int64_t C = s.C, HW = s.H * s.W;
   parallel_cloned(0, s.N, 1, [&](int64_t begin, int64_t end) HNAS_BODY {
     std::vector<A> buf(HW * C);
