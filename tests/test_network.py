@@ -122,5 +122,14 @@ def test_channels_last_default_same_values_and_keys(seed):
     ((b * r).sum() + (b_aux * r_aux).sum()).backward()
     # design.md's norm-relative error: elementwise checks fail on gradients that cancel to ~0, where
     # the summation order alone moves them by eps x the magnitude of their terms.
+    # For some seeds a few gradients are zero up to rounding (seen: the BN biases of the reduction cell's
+    # preprocessing, 1e-17 of the gradient scale at 2 of 40 seeds): both sides are then noise, and
+    # noise / noise is no error measure. Those must be zero to 1e3 eps x the network's gradient scale on
+    # both layouts; every other parameter keeps the 1e-10 relative bound.
+    scale = torch.cat([q.grad.flatten() for q in nchw.parameters()]).norm().item()
+    zero = 1e3 * torch.finfo(torch.float64).eps * scale
     for (name, p), q in zip(cl.named_parameters(), nchw.parameters()):
-        assert ((p.grad - q.grad).norm() / q.grad.norm()).item() <= 1e-10, name
+        if q.grad.norm().item() <= zero:
+            assert p.grad.norm().item() <= zero, name
+        else:
+            assert ((p.grad - q.grad).norm() / q.grad.norm()).item() <= 1e-10, name
