@@ -16,7 +16,8 @@ HNAS_HOST_DEVICE int64_t gram_pair_index(int64_t a, int64_t b, int64_t m) {
   return a * m - a * (a - 1) / 2 + (b - a);
 }
 
-// acc += a * b with both factors widened to double before the multiply.
+// acc += a * b with both factors widened to double before the multiply (half types through float; the CPU
+// kernel widens its tiles by the same rule).
 template <typename scalar_t>
 HNAS_HOST_DEVICE void gram_accumulate(double& acc, scalar_t a, scalar_t b) {
   acc += static_cast<double>(static_cast<float>(a)) * static_cast<double>(static_cast<float>(b));

@@ -16,3 +16,15 @@ def grad_gram_reference(grads: Sequence[torch.Tensor]) -> torch.Tensor:
         flat = g.reshape(m, -1).double()
         gram += flat @ flat.T
     return gram
+
+
+def grad_gram_row_reference(held: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                            rows: int) -> torch.Tensor:
+    """Row ``rows`` of the Gram, streamed: ``out[j] = Σ_i <held[i][j], grads[i]>`` for ``j < rows`` and
+    ``out[rows] = Σ_i ‖grads[i]‖²``, in float64 (``held[i]`` is ``[k, *grads[i].shape]``, ``k >= rows``)."""
+    out = torch.zeros(rows + 1, dtype=torch.float64, device=grads[0].device)
+    for h, g in zip(held, grads):
+        flat = g.reshape(-1).double()
+        out[:rows] += h[:rows].reshape(rows, flat.numel()).double() @ flat
+        out[rows] += flat @ flat
+    return out
