@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,6 +73,67 @@ def test_identical_gradients_give_minus_norm_squared(seed):
     torch.testing.assert_close(res.gram, torch.full((4, 4), g2, dtype=torch.float64), rtol=1e-9, atol=0)
 
 
+class _PartlyUsed(nn.Module):
+    """A model with a parameter no loss reaches: its gradient is None and must count as zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _tiny_model()
+        self.unused = nn.Parameter(torch.randn(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+@pytest.mark.parametrize("backend", [None, "reference"])
+def test_streamed_equals_all_at_once(seed, backend):
+    from hnas_fast.nn.supernet import build_supernet
+
+    models = [_tiny_model(), _PartlyUsed(), build_supernet("s5", cells=3, channels=2, num_classes=5)]
+    for model in models:
+        batches = _batches(7, n=4)
+        streamed = gradient_confusion(model, batches, m=7, draws=2, backend=backend)
+        whole = gradient_confusion(model, batches, m=7, draws=2, backend=backend, stream=False)
+        # The same products, summed in another order (row by row against the whole Gram).
+        torch.testing.assert_close(streamed.gram, whole.gram, rtol=1e-12, atol=1e-15)
+        assert torch.equal(streamed.gram, streamed.gram.T)
+        assert streamed.zeta == pytest.approx(whole.zeta, rel=1e-12)
+        assert streamed.zetas == pytest.approx(whole.zetas, rel=1e-12)
+
+
+_PEAK = textwrap.dedent("""
+    import resource, sys, torch
+    from torch import nn
+    from hnas_fast.analysis.confusion import gradient_confusion
+    torch.manual_seed(0)
+    m = 3
+    # 32 tensors of 4 MB: per-tensor backward transients stay small, the m gradients dominate.
+    model = nn.Sequential(*[nn.Linear(1024, 1024) for _ in range(32)])
+    batches = [(torch.randn(2, 1024), torch.randint(0, 1024, (2,))) for _ in range(m)]
+    grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    gradient_confusion(model, batches, m=m, stream=sys.argv[1] == "stream")
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print((after - before) / grad_bytes)
+""")
+
+
+def _peak_in_gradients(stream: bool) -> float:
+    """Peak RSS growth of one measurement in a fresh process, in units of one model's gradient."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", _PEAK, "stream" if stream else "all"], cwd=root,
+                          capture_output=True, text=True, timeout=300, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def test_streamed_peak_memory_is_the_m_gradients_once():
+    streamed, whole = _peak_in_gradients(True), _peak_in_gradients(False)
+    # m = 3: the streamed path holds 2 slots and the backward's own gradient; the all-at-once path 3 slots
+    # and that gradient. 0.25 of a gradient covers the activations and allocator slack.
+    assert streamed <= 3.25, streamed
+    assert whole - streamed >= 0.75, (whole, streamed)
+
+
 def test_draws_average_and_loader_cycles(seed):
     model = _tiny_model()
     batches = _batches(3)
@@ -123,7 +188,8 @@ def test_match_depth_picks_closest_on_constructed_case(tmp_path):
     assert m.target["zeta_normalized"] == 0.57
     gaps = {(r["cells"], r["channels"]): r["gap"] for r in m.rows}
     assert gaps[(14, 16)] == min(gaps.values())
-    assert "<- best" in m.table()
+    assert "<- best" in m.table() and "time_s" in m.table()
+    assert all(r["seconds"] >= 0 for r in [m.target, *m.rows])
     from hnas_fast.viz.confusion import plot_confusion
 
     assert plot_confusion(m, tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

@@ -7,9 +7,12 @@ matches the final network's (its Table 6: 14 cells at 16 channels match 20 cells
 
 Gradients are taken per minibatch (one backward per minibatch, BatchNorm in training mode using that
 minibatch's statistics, as during training; per-sample gradients would change what BatchNorm computes).
-For each parameter tensor the m gradients are stacked into an ``[m, *shape]`` tensor, and one
-:func:`~hnas_fast.kernels.grad_gram.grad_gram` call accumulates the float64 m×m Gram over all tensors,
-never concatenating the parameters.
+The measurement is streamed: as each minibatch's backward ends, its row of the float64 m×m Gram is folded
+against the gradients already held (:func:`~hnas_fast.kernels.grad_gram.grad_gram_row`) and the gradient is
+copied into a preallocated per-tensor ``[m - 1, *shape]`` slot, in its own dtype; the last gradient needs
+no slot. Nothing is concatenated, widened to float64 or cloned, so the peak is the m gradients once, plus the
+model and one backward's activations. ``stream=False`` keeps the all-at-once path (m slots, then one
+:func:`~hnas_fast.kernels.grad_gram.grad_gram` call), the same Gram up to summation order.
 
 Where the paper is silent or garbled:
 
@@ -34,6 +37,7 @@ Where the paper is silent or garbled:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +48,7 @@ from torch import nn
 
 from hnas_fast.data.loaders import make_search_loaders
 from hnas_fast.genotypes.cell import load_genotype
-from hnas_fast.kernels.grad_gram import grad_gram
+from hnas_fast.kernels.grad_gram import grad_gram, grad_gram_row
 from hnas_fast.nn.network import build_network
 from hnas_fast.nn.supernet import build_supernet
 from hnas_fast.search.loop import cycle_batches, final_network_step, run_steps, weight_optimizer
@@ -120,6 +124,31 @@ def _zeta_cosine(gram: torch.Tensor) -> float:
     return _zeta(cos)
 
 
+def _take_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
+                   plist: Sequence[torch.Tensor], slabs: Sequence[torch.Tensor], i: int,
+                   gram: torch.Tensor | None, backend: str | None) -> None:
+    """One minibatch's gradient: folded into row i of ``gram`` (streamed; None: not folded) and copied into
+    slot i of ``slabs`` when there is one. A function of its own, so the gradient and the graph are freed
+    on return, before the next backward allocates its own."""
+    out = model(x)
+    logits = out[0] if isinstance(out, tuple) else out
+    grads = torch.autograd.grad(loss_fn(logits, y), plist, allow_unused=True)
+    with torch.no_grad():
+        if gram is not None:
+            # A parameter this loss does not reach contributes zero: left out of the row.
+            present = [k for k, g in enumerate(grads) if g is not None]
+            row = (grad_gram_row([slabs[k] for k in present], [grads[k] for k in present], i, backend=backend)
+                   .cpu() if present else torch.zeros(i + 1, dtype=torch.float64))
+            gram[i, :i + 1] = row
+            gram[:i + 1, i] = row
+        if i < slabs[0].shape[0]:
+            for slab, g in zip(slabs, grads):
+                if g is None:
+                    slab[i].zero_()
+                else:
+                    slab[i].copy_(g)
+
+
 def gradient_confusion(
     model: nn.Module,
     loader: Iterable[Any],
@@ -129,6 +158,7 @@ def gradient_confusion(
     params: Sequence[torch.Tensor] | None = None,
     device: torch.device | str | None = None,
     backend: str | None = None,
+    stream: bool = True,
 ) -> ConfusionResult:
     """Gradient confusion of ``model`` at its current weights over ``m`` minibatches of ``loader``.
 
@@ -143,6 +173,8 @@ def gradient_confusion(
             ``arch_parameters()``.
         device: where to run (default: the first parameter's device).
         backend: the :func:`~hnas_fast.kernels.grad_gram.grad_gram` backend (``None``: automatic).
+        stream: fold each gradient's Gram row in as its backward ends (default; one gradient less held)
+            instead of taking the whole Gram after the m backward passes.
 
     The model runs in training mode (per-minibatch BatchNorm statistics, as in training); its mode,
     BatchNorm running statistics and ``.grad`` fields are left as they were. Stochastic layers (dropout,
@@ -158,8 +190,9 @@ def gradient_confusion(
         raise ValueError("no parameters to measure")
     dev = torch.device(device) if device is not None else plist[0].device
     num_params = sum(p.numel() for p in plist)
-    # One [m, *shape] slab per parameter tensor: the layout grad_gram reads without any concatenation.
-    slabs = [torch.empty((m, *p.shape), dtype=p.dtype, device=p.device) for p in plist]
+    # One [slots, *shape] slab per parameter tensor: the layout grad_gram reads without any concatenation.
+    slots = m - 1 if stream else m
+    slabs = [torch.empty((slots, *p.shape), dtype=p.dtype, device=p.device) for p in plist]
     buffers = [b.detach().clone() for b in model.buffers()]
     was_training = model.training
     model.train()
@@ -169,19 +202,13 @@ def gradient_confusion(
     cosines: list[float] = []
     try:
         for _ in range(draws):
+            gram = torch.zeros(m, m, dtype=torch.float64)
             for i in range(m):
                 x, y = next(batches)[:2]
-                out = model(x.to(dev))
-                logits = out[0] if isinstance(out, tuple) else out
-                loss = loss_fn(logits, y.to(dev))
-                grads = torch.autograd.grad(loss, plist, allow_unused=True)
-                with torch.no_grad():
-                    for slab, g in zip(slabs, grads):
-                        if g is None:  # a parameter this loss does not reach contributes zero
-                            slab[i].zero_()
-                        else:
-                            slab[i].copy_(g)
-            gram = grad_gram(slabs, backend=backend).cpu()
+                _take_gradient(model, x.to(dev), y.to(dev), loss_fn, plist, slabs, i,
+                               gram if stream else None, backend)
+            if not stream:
+                gram = grad_gram(slabs, backend=backend).cpu()
             gram_sum += gram
             zetas.append(_zeta(gram))
             cosines.append(_zeta_cosine(gram))
@@ -225,7 +252,8 @@ class DepthMatch:
     Attributes:
         target: the final network's row (``kind="final"``).
         rows: one row per grid setting (``kind="search"``), with ``gap = |value − value_target|`` of
-            the ``criterion``.
+            the ``criterion``. Every row, the target's too, holds ``seconds``: the wall time of its
+            measurement (build, brief training, m backward passes and the Gram).
         best: the grid setting ``(cells, channels)`` with the smallest gap.
         criterion: ``"normalized"`` (ζ/P, the paper) or ``"cosine"``.
     """
@@ -248,14 +276,15 @@ class DepthMatch:
     def table(self) -> str:
         """A plain-text table: kind, cells, channels, params, ζ, ζ/P, cosine ζ, gap, the best marked."""
         head = (f"{'kind':<7} {'cells':>5} {'C':>4} {'params':>10} {'zeta':>11} {'zeta/P':>11} "
-                f"{'zeta_cos':>9} {'gap':>10}")
+                f"{'zeta_cos':>9} {'gap':>10} {'time_s':>8}")
         lines = [head, "-" * len(head)]
         for r in [self.target, *self.rows]:
             mark = "  <- best" if r["kind"] == "search" and (r["cells"], r["channels"]) == self.best else ""
             gap = "" if r.get("gap") is None else f"{r['gap']:.3e}"
+            secs = "" if r.get("seconds") is None else f"{r['seconds']:.2f}"
             lines.append(f"{r['kind']:<7} {r['cells']:>5} {r['channels']:>4} {r.get('num_params', 0):>10} "
                          f"{r.get('zeta', math.nan):>11.4e} {r.get('zeta_normalized', math.nan):>11.4e} "
-                         f"{r.get('zeta_cosine', math.nan):>9.4f} {gap:>10}{mark}")
+                         f"{r.get('zeta_cosine', math.nan):>9.4f} {gap:>10} {secs:>8}{mark}")
         lines.append(f"(matched on {self.key})")
         return "\n".join(lines)
 
@@ -265,6 +294,14 @@ Measure = Callable[[str, int, int], "ConfusionResult | float"]
 
 #: ``match_depth`` criteria and the row field each matches.
 CRITERIA: dict[str, str] = {"normalized": "zeta_normalized", "cosine": "zeta_cosine"}
+
+
+def _timed_row(kind: str, cells: int, channels: int, measure: Measure, key: str) -> dict[str, Any]:
+    """The measurement's row, with the wall time it took (building, brief training and measuring)."""
+    start = time.perf_counter()
+    row = _row(kind, cells, channels, measure(kind, cells, channels), key)
+    row["seconds"] = time.perf_counter() - start
+    return row
 
 
 def _row(kind: str, cells: int, channels: int, res: ConfusionResult | float, key: str) -> dict[str, Any]:
@@ -341,13 +378,14 @@ def match_depth(
     if measure is None:
         measure = _default_measure(genotype, space, data, data_dir, image_size, batch_size, m, draws,
                                    train_steps, seed, device, backend)
-    t_row = _row("final", t_cells, t_channels, measure("final", t_cells, t_channels), key)
-    say(f"final  {t_cells:>3} cells C={t_channels:<3} {key} = {t_row[key]:.4e}")
+    t_row = _timed_row("final", t_cells, t_channels, measure, key)
+    say(f"final  {t_cells:>3} cells C={t_channels:<3} {key} = {t_row[key]:.4e} ({t_row['seconds']:.1f} s)")
     rows = []
     for cells, channels in settings:
-        row = _row("search", cells, channels, measure("search", cells, channels), key)
+        row = _timed_row("search", cells, channels, measure, key)
         row["gap"] = abs(row[key] - t_row[key])
-        say(f"search {cells:>3} cells C={channels:<3} {key} = {row[key]:.4e} gap {row['gap']:.3e}")
+        say(f"search {cells:>3} cells C={channels:<3} {key} = {row[key]:.4e} gap {row['gap']:.3e} "
+            f"({row['seconds']:.1f} s)")
         rows.append(row)
     best_row = min(rows, key=lambda r: r["gap"])
     return DepthMatch(target=t_row, rows=rows, best=(best_row["cells"], best_row["channels"]),
