@@ -57,15 +57,18 @@ def _cat_matmul(grads: list[torch.Tensor]) -> torch.Tensor:
 
 
 _PEAK = textwrap.dedent("""
-    import resource, sys, torch
+    import sys
     from benchmarks.test_bench_grad_gram import _cat_matmul, _grads, _python_dots
     from hnas_fast.kernels import grad_gram
     grads = _grads(int(sys.argv[2]))
     run = {"op": lambda: grad_gram(grads, backend="cpp"), "python_dots": lambda: _python_dots(grads),
            "cat_matmul": lambda: _cat_matmul(grads)}[sys.argv[1]]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    def kib(field):
+        return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field))
+    open("/proc/self/clear_refs", "w").write("5")  # peak RSS := current RSS (building the net peaked higher)
+    before = kib("VmRSS:")
     run()
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before) / 2**20)
+    print((kib("VmHWM:") - before) / 1024)
 """)
 
 
