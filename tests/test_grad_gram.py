@@ -103,7 +103,7 @@ def test_bad_inputs_name_the_argument(backend):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
-@pytest.mark.parametrize("m", [2, 10, 40])
+@pytest.mark.parametrize("m", [2, 10, 40, 65])
 def test_cuda_matches_reference(seed, backend, m):
     for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         if backend == "triton" and dtype == torch.bfloat16:
@@ -235,3 +235,13 @@ def test_row_bad_inputs_name_the_argument(backend):
     if backend == "cpp":
         with pytest.raises(RuntimeError, match=r"grads\[0\]"):
             torch.ops.hnas_fast.grad_gram_row([h], [torch.randn(3)], 1)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("m", [1, 7, 64, 65, 130])
+def test_cuda_mixed_dtypes_shapes_and_views(seed, m):
+    """One launch over every tensor, 64-row blocks for any m (no float64-matmul fallback above 32)."""
+    grads = [g.to("cuda") for g in _mixed(m)]
+    got = grad_gram(grads, backend="cuda")
+    assert rel_err(got, grad_gram_reference(grads)) <= 1e-12
+    assert torch.equal(got, got.T)

@@ -16,15 +16,15 @@ HNAS_HOST_DEVICE int64_t gram_pair_index(int64_t a, int64_t b, int64_t m) {
   return a * m - a * (a - 1) / 2 + (b - a);
 }
 
-// acc += a * b with both factors widened to double before the multiply (half types through float; the CPU
-// kernel widens its tiles by the same rule).
+// One stored gradient element as the float64 the Gram accumulates: half types through float (exact), then
+// double. Both kernels widen every element by this rule before any product.
 template <typename scalar_t>
-HNAS_HOST_DEVICE void gram_accumulate(double& acc, scalar_t a, scalar_t b) {
-  acc += static_cast<double>(static_cast<float>(a)) * static_cast<double>(static_cast<float>(b));
+HNAS_HOST_DEVICE double gram_widen(scalar_t v) {
+  return static_cast<double>(static_cast<float>(v));
 }
 template <>
-HNAS_HOST_DEVICE void gram_accumulate<double>(double& acc, double a, double b) {
-  acc += a * b;
+HNAS_HOST_DEVICE double gram_widen<double>(double v) {
+  return v;
 }
 
 }  // namespace hnas_fast

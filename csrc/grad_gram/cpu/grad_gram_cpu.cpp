@@ -91,7 +91,7 @@ HNAS_VEC_INLINE void widen_row(const S* src, double* dst, int64_t len) {
     j = len;
   }
   for (; j < len; ++j) {
-    dst[j] = static_cast<double>(static_cast<float>(src[j]));
+    dst[j] = gram_widen(src[j]);
   }
 }
 template <>
