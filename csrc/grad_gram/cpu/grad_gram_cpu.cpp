@@ -1,7 +1,7 @@
 // CPU kernels of grad_gram and grad_gram_row.
 //
-// The parameter tensors are treated as one virtual concatenation of columns (never built): a chunk of kCols
-// columns is gathered from whichever tensors cover it, widened to double into a per-thread tile (m rows,
+// The parameter tensors are treated as one virtual concatenation of columns (never built): a tile of columns
+// (kTileBytes of doubles, L1-sized) is gathered from whichever tensors cover it, widened to double (m rows,
 // zero-padded to a multiple of kR rows), and every kR x kR block of the upper triangle is accumulated over the
 // tile in kR*kR vector registers: each loaded vector feeds kR FMAs instead of one. Small tensors (BN affine
 // parameters) therefore cost nothing extra: they share tiles with their neighbours.
