@@ -86,9 +86,6 @@ HNAS_VEC_INLINE void widen_row(const S* src, double* dst, int64_t len) {
       std::memcpy(&h, src + j, sizeof(h));
       st(dst + j, __builtin_convertvector(h, dvec));
     }
-  } else if constexpr (std::is_same_v<S, double>) {
-    std::memcpy(dst, src, sizeof(double) * len);
-    j = len;
   }
   for (; j < len; ++j) {
     dst[j] = gram_widen(src[j]);
@@ -99,13 +96,13 @@ HNAS_VEC_INLINE void widen_row<double>(const double* src, double* dst, int64_t l
   std::memcpy(dst, src, sizeof(double) * len);
 }
 
-// Rows [r0, r0 + rows) of columns [lo, lo + cols) of the virtual concatenation into tile (row pitch `pitch`),
+// Rows [0, rows) of columns [lo, lo + cols) of the virtual concatenation into tile (row pitch `pitch`),
 // zero-filling past the last column. `first` is a hint: the index of the source holding column lo.
-// With kPrefetch nothing is written: the same bytes are only requested into L2, a chunk ahead, so the next
-// chunk's DRAM reads overlap this chunk's FMAs (without it the widening stalls on memory, ~40% of the time).
+// With kPrefetch nothing is written: the same bytes are only requested into L2, a tile ahead, so the next
+// tile's DRAM reads overlap this tile's FMAs (without it the widening stalls on memory, ~40% of the time).
 template <bool kPrefetch>
-HNAS_VEC_INLINE void gather(const std::vector<Source>& src, size_t& first, int64_t lo, int64_t cols, int64_t r0,
-                            int64_t rows, double* tile, int64_t pitch) {
+HNAS_VEC_INLINE void gather(const std::vector<Source>& src, size_t& first, int64_t lo, int64_t cols, int64_t rows,
+                            double* tile, int64_t pitch) {
   while (first + 1 < src.size() && src[first + 1].offset <= lo) {
     ++first;
   }
@@ -115,7 +112,7 @@ HNAS_VEC_INLINE void gather(const std::vector<Source>& src, size_t& first, int64
     const int64_t from = lo + done - g.offset;
     const int64_t len = std::min(cols - done, g.n - from);
     for (int64_t r = 0; r < rows; ++r) {
-      const int64_t at = (r0 + r) * g.row_stride + from;
+      const int64_t at = r * g.row_stride + from;
       if constexpr (kPrefetch) {
         const int64_t es = static_cast<int64_t>(c10::elementSize(g.dtype));
         const char* p = static_cast<const char*>(g.data) + at * es;
@@ -140,6 +137,17 @@ HNAS_VEC_INLINE void gather(const std::vector<Source>& src, size_t& first, int64
     for (int64_t r = 0; r < rows; ++r) {
       std::fill(tile + r * pitch + done, tile + r * pitch + cols, 0.0);
     }
+  }
+}
+
+// Tile `c` of the range ending before tile `end` (cols columns each, N in all) into `tile`, vecs*kL columns
+// wide, and the next tile of the range requested ahead.
+HNAS_VEC_INLINE void stage(const std::vector<Source>& src, size_t& first, int64_t c, int64_t end, int64_t cols,
+                           int64_t N, int64_t vecs, int64_t rows, double* tile, int64_t pitch) {
+  gather<false>(src, first, c * cols, vecs * kL, rows, tile, pitch);
+  if (c + 1 < end) {
+    size_t ahead = first;
+    gather<true>(src, ahead, (c + 1) * cols, std::min(cols, N - (c + 1) * cols), rows, nullptr, 0);
   }
 }
 
@@ -213,15 +221,10 @@ at::Tensor grad_gram_cpu(at::TensorList grads) {
     for (int64_t g = g0; g < g1; ++g) {
       std::fill(acc.begin(), acc.end(), 0.0);
       size_t first = 0;
-      for (int64_t c = bound(g, chunks, groups); c < bound(g + 1, chunks, groups); ++c) {
-        const int64_t lo = c * cols;
-        const int64_t len = std::min(cols, N - lo);
-        const int64_t vecs = (len + kL - 1) / kL;
-        gather<false>(src, first, lo, vecs * kL, 0, m, tile.data(), pitch);
-        if (c + 1 < bound(g + 1, chunks, groups)) {
-          size_t next = first;
-          gather<true>(src, next, lo + cols, std::min(cols, N - lo - cols), 0, m, nullptr, 0);
-        }
+      const int64_t end = bound(g + 1, chunks, groups);
+      for (int64_t c = bound(g, chunks, groups); c < end; ++c) {
+        const int64_t vecs = (std::min(cols, N - c * cols) + kL - 1) / kL;
+        stage(src, first, c, end, cols, N, vecs, m, tile.data(), pitch);
         double* a = acc.data();
         for (int64_t i = 0; i < blocks; ++i) {
           for (int64_t k = i; k < blocks; ++k, a += kR * kR * kL) {
@@ -278,36 +281,31 @@ at::Tensor grad_gram_row_cpu(at::TensorList held, at::TensorList grads, int64_t 
   const int64_t cols = tile_columns(mp);
   const int64_t chunks = (N + cols - 1) / cols;
   const int64_t groups = std::min(kGroups, std::max<int64_t>(chunks, 1));
+  const int64_t pitch = cols + kL;
   std::vector<double> partial(groups * mp, 0.0);
   parallel_cloned(0, groups, 1, [&](int64_t g0, int64_t g1) HNAS_BODY {
-    std::vector<double> tile(mp * cols, 0.0);
+    std::vector<double> tile(mp * pitch, 0.0);
     std::vector<double> acc(mp * kL);
     for (int64_t g = g0; g < g1; ++g) {
       std::fill(acc.begin(), acc.end(), 0.0);
       size_t hfirst = 0;
       size_t gfirst = 0;
-      for (int64_t c = bound(g, chunks, groups); c < bound(g + 1, chunks, groups); ++c) {
-        const int64_t lo = c * cols;
-        const int64_t vecs = (std::min(cols, N - lo) + kL - 1) / kL;
-        gather<false>(hs, hfirst, lo, vecs * kL, 0, rows, tile.data(), cols);
-        gather<false>(gs, gfirst, lo, vecs * kL, 0, 1, tile.data() + rows * cols, cols);
-        if (c + 1 < bound(g + 1, chunks, groups)) {
-          size_t hnext = hfirst;
-          size_t gnext = gfirst;
-          gather<true>(hs, hnext, lo + cols, std::min(cols, N - lo - cols), 0, rows, nullptr, 0);
-          gather<true>(gs, gnext, lo + cols, std::min(cols, N - lo - cols), 0, 1, nullptr, 0);
-        }
-        const double* a = tile.data() + rows * cols;
+      const int64_t end = bound(g + 1, chunks, groups);
+      for (int64_t c = bound(g, chunks, groups); c < end; ++c) {
+        const int64_t vecs = (std::min(cols, N - c * cols) + kL - 1) / kL;
+        stage(hs, hfirst, c, end, cols, N, vecs, rows, tile.data(), pitch);
+        stage(gs, gfirst, c, end, cols, N, vecs, 1, tile.data() + rows * pitch, pitch);
+        const double* a = tile.data() + rows * pitch;
         for (int64_t i = 0; i < blocks; ++i) {
           dvec c4[kR];
           for (int k = 0; k < kR; ++k) {
             c4[k] = ld(acc.data() + (i * kR + k) * kL);
           }
-          const double* b = tile.data() + i * kR * cols;
+          const double* b = tile.data() + i * kR * pitch;
           for (int64_t v = 0; v < vecs; ++v) {
             const dvec av = ld(a + v * kL);
             for (int k = 0; k < kR; ++k) {
-              c4[k] += av * ld(b + k * cols + v * kL);
+              c4[k] += av * ld(b + k * pitch + v * kL);
             }
           }
           for (int k = 0; k < kR; ++k) {
