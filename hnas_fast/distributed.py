@@ -47,9 +47,10 @@ import torch.distributed as dist
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-__all__ = ["DistributedContext", "GradientAverager", "all_reduce_mean", "assert_identical",
-           "broadcast_buffers", "broadcast_module", "broadcast_object", "cleanup", "equal_steps",
-           "init_distributed", "is_main_process", "main_process_only", "save_on_main", "shard_indices"]
+__all__ = ["DistributedContext", "GradientAverager", "all_gather_object", "all_reduce_mean",
+           "assert_identical", "broadcast_buffers", "broadcast_module", "broadcast_object",
+           "cleanup", "equal_steps", "init_distributed", "is_main_process", "main_process_only",
+           "save_on_main", "shard_indices"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -144,6 +145,15 @@ def broadcast_object(obj: T, ctx: DistributedContext, src: int = 0) -> T:
     box = [obj]
     dist.broadcast_object_list(box, src=src, device=ctx.device if ctx.backend == "nccl" else None)
     return box[0]
+
+
+def all_gather_object(obj: T, ctx: DistributedContext) -> list[T]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` on one process)."""
+    if not ctx.distributed:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def _broadcast_tensors(tensors: Sequence[torch.Tensor], ctx: DistributedContext, src: int) -> None:

@@ -191,6 +191,50 @@ def test_imagenet_folder_search_on_two_processes(tmp_path, pipeline):
     assert log[-1]["type"] == "done"
 
 
+def _faulty_folder(root: Path) -> Path:
+    """12 good JPEGs, a PNG named ``.jpg`` (good), and a truncated, a zero-byte and a non-image ``.jpg``."""
+    from PIL import Image
+
+    _jpeg_folder(root, bad=0)
+    d = root / "train" / "dog"
+    Image.new("RGB", (12, 12), (9, 99, 199)).save(d / "png inside.jpg", format="PNG")
+    whole = (d / "0.jpg").read_bytes()
+    (d / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    (root / "train" / "cat" / "empty.jpg").write_bytes(b"")
+    (root / "train" / "cat" / "page.jpg").write_bytes(b"<html>404 not found</html>")
+    return root
+
+
+@pytest.mark.parametrize("validate", ["none", "header"])
+@pytest.mark.parametrize("pipeline", ["torchvision", "dali"])
+def test_bad_files_on_two_processes(tmp_path, pipeline, validate):
+    """Screened by rank 0 (one index, one warning) or met while loading on whichever rank: the run
+    completes, and the counts and ``bad_files.txt`` hold the files of both ranks, each once."""
+    from hnas_fast.data.dali import dali_available
+
+    if pipeline == "dali" and not dali_available():
+        pytest.skip("NVIDIA DALI is not installed")
+    data = _faulty_folder(tmp_path / "data")
+    out = tmp_path / "runs" / "run"
+    proc = _torchrun("-m", "hnas_fast.search", "--data", "imagenet", "--data-dir", str(data),
+                     "--dali", pipeline, "--validate", validate,
+                     *_tiny("--batch-size", "4", "--epochs", "2", "--out", str(out)))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    bad = ["cat/empty.jpg", "cat/page.jpg", "dog/truncated.jpg"]
+    log = _lines(out / "log.jsonl")
+    assert log[0]["bad_files"] == (3 if validate == "header" else 0)
+    assert log[0]["train_size"] + log[0]["val_size"] == (13 if validate == "header" else 16)
+    # 8 files per side, 4 per process, 2 per process per step: every file is met in the first epoch.
+    assert [r["bad_files"] for r in log if r["type"] == "epoch"] == [3, 3] and log[-1]["type"] == "done"
+    listed = [line.split("\t")[0] for line in (out / "bad_files.txt").read_text().splitlines()]
+    assert sorted(listed) == bad
+    if validate == "header":
+        assert proc.stderr.count("are unreadable and skipped") == 1  # rank 0 alone screens and warns
+        assert len(list((tmp_path / "runs" / ".image_index").iterdir())) == 1
+    else:
+        assert proc.stderr.count("skipped while loading") >= 1 and "are unreadable" not in proc.stderr
+
+
 def test_dali_backend_without_dali_is_a_config_error(tmp_path, capsys):
     from hnas_fast.data.dali import dali_available
 

@@ -6,24 +6,24 @@ same :class:`ImageOptions` (random-resized crop, flip, normalize for training; s
 center crop for evaluation), the same validated file list and the same sharding rule, so switching
 backends changes speed, not data.
 
-**Corrupt images.** A decoder that meets a corrupt file mid-epoch raises and ends the run (DALI's does).
-So the folder is scanned once before any pipeline is built: every file is opened with PIL, and either its
-header is checked (``validate="header"``: ``Image.verify()`` plus, for JPEGs, the end-of-image marker in
-the file's last 4 KiB; cheap, catches garbage, wrong formats and truncated files) or it is fully decoded
+**Corrupt images.** Before any loader exists, the folder can be screened (once, by rank 0: see
+:mod:`hnas_fast.data.index`): every file is opened with PIL, and either its header is checked
+(``validate="header"``: ``Image.verify()`` plus, for JPEGs, the end-of-image marker in the file's last
+4 KiB; cheap, catches garbage, wrong formats and truncated files) or it is fully decoded
 (``validate="decode"``: also catches damage inside the compressed data, at the cost of one decode per
-image). Bad files are counted, reported (a warning with the first few paths, and
-:attr:`ImageList.bad` with the reason of each) and left out of the list the readers get. The torchvision
-dataset additionally skips a file that fails at load time anyway (e.g. changed after the scan): its
-sample is dropped from the batch and counted in :attr:`ImageListDataset.failures`.
+image). Bad files are counted, reported (a warning with the first few paths, and :attr:`ImageList.bad`
+with the reason of each) and left out of the list the readers get. Whatever the screening, a file that
+fails when it is loaded (``validate="none"``, damage the header check misses, a file changed during the
+run) is skipped too: see :mod:`hnas_fast.data.bad_files`. A file with an image extension whose content is
+another image format (a PNG named ``.jpg``) is an image like any other; files without an image extension
+are not listed at all.
 """
 
 from __future__ import annotations
 
-import logging
-import multiprocessing
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,14 +35,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from hnas_fast.data.bad_files import BadFileLog, fill_empty_batches
 from hnas_fast.data.folder import IMAGENET_MEAN, IMAGENET_STD
 
 Validate = Literal["none", "header", "decode"]
 
-__all__ = ["ImageList", "ImageListDataset", "ImageOptions", "ShardedSampler", "make_torchvision_loader",
-           "resolve_split_root", "scan_image_folder", "split_image_list", "torchvision_transform"]
-
-log = logging.getLogger(__name__)
+__all__ = ["ImageList", "ImageListDataset", "ImageOptions", "ShardedSampler", "TorchvisionLoader",
+           "Unreadable", "make_torchvision_loader", "resolve_split_root", "scan_image_folder",
+           "split_image_list", "torchvision_transform", "warn_bad_images"]
 
 
 @dataclass(frozen=True)
@@ -152,19 +152,33 @@ def _check(path: str, validate: Validate) -> str | None:
     return None
 
 
-def scan_image_folder(root: str | os.PathLike, validate: Validate = "header", workers: int = 8) -> ImageList:
+def warn_bad_images(images: ImageList, total: int, stacklevel: int = 2) -> None:
+    """Warn once about the files a screening left out of ``images`` (of ``total`` listed)."""
+    if images.bad:
+        shown = "; ".join(f"{p} ({r})" for p, r in images.bad[:5])
+        warnings.warn(f"{len(images.bad)} of {total} images under {images.root} are unreadable and skipped: "
+                      f"{shown}" + (" …" if len(images.bad) > 5 else ""), stacklevel=stacklevel + 1)
+
+
+def scan_image_folder(root: str | os.PathLike, validate: Validate = "header", workers: int = 8,
+                      listing: tuple[list[str], list[tuple[str, int]]] | None = None,
+                      stacklevel: int = 2) -> ImageList:
     """List ``root/<class>/<image>`` (classes and labels as torchvision's ``ImageFolder``), check each file.
 
     Args:
         root: the folder of class folders.
         validate: ``"header"`` (PIL ``verify()``), ``"decode"`` (full decode) or ``"none"``.
         workers: threads for the checks (file I/O and PIL's decoder release the GIL).
+        listing: ``(classes, [(absolute path, label)])`` when the caller has listed ``root`` already.
     """
     root = Path(root).expanduser()
     if validate not in ("none", "header", "decode"):
         raise ValueError(f"validate must be 'none', 'header' or 'decode', got {validate!r}")
-    classes, class_to_idx = find_classes(str(root))
-    found = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    if listing is None:
+        classes, class_to_idx = find_classes(str(root))
+        found = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    else:
+        classes, found = listing
     if not found:
         raise ValueError(f"image folder {root} holds no images with extensions {IMG_EXTENSIONS}")
     if validate == "none":
@@ -179,13 +193,11 @@ def scan_image_folder(root: str | os.PathLike, validate: Validate = "header", wo
             samples.append((rel, label))
         else:
             bad.append((rel, reason))
-    if bad:
-        shown = "; ".join(f"{p} ({r})" for p, r in bad[:5])
-        warnings.warn(f"{len(bad)} of {len(found)} images under {root} are unreadable and skipped: {shown}"
-                      + (" …" if len(bad) > 5 else ""), stacklevel=2)
+    images = ImageList(root, classes, samples, bad)
+    warn_bad_images(images, len(found), stacklevel)
     if not samples:
         raise ValueError(f"image folder {root}: none of its {len(found)} images is readable")
-    return ImageList(root, classes, samples, bad)
+    return images
 
 
 def split_image_list(images: ImageList, split: float, seed: int) -> tuple[ImageList, ImageList | None]:
@@ -217,42 +229,49 @@ def torchvision_transform(options: ImageOptions, train: bool) -> T.Compose:
     return T.Compose([*ops, T.ToTensor(), T.Normalize(options.mean, options.std)])
 
 
-class ImageListDataset(Dataset):
-    """Map-style dataset over an :class:`ImageList`; a file failing at load time yields ``None``
-    (dropped by :func:`skip_failed_collate`) and is counted in :attr:`failures` across workers."""
+@dataclass(frozen=True)
+class Unreadable:
+    """A sample whose file failed to load: its path relative to the root and why."""
 
-    def __init__(self, images: ImageList, transform: T.Compose | None) -> None:
+    rel: str
+    reason: str
+
+
+class ImageListDataset(Dataset):
+    """Map-style dataset over an :class:`ImageList`; a file failing at load time yields an
+    :class:`Unreadable` (set aside by :func:`skip_failed_collate`) instead of raising. Files in ``known_bad``
+    are not tried."""
+
+    def __init__(self, images: ImageList, transform: T.Compose | None,
+                 known_bad: frozenset[str] = frozenset()) -> None:
         self.images = images
         self.transform = transform
-        # Shared with the fork-started DataLoader workers, so their counts reach the main process.
-        self._failures = multiprocessing.get_context("fork").Value("i", 0)
+        self.known_bad = known_bad
 
     def __len__(self) -> int:
         return len(self.images)
 
-    @property
-    def failures(self) -> int:
-        return int(self._failures.value)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | Unreadable:
         rel, label = self.images.samples[index]
+        if rel in self.known_bad:
+            return Unreadable(rel, "known bad")
         try:
             with Image.open(self.images.root / rel) as img:
                 img = img.convert("RGB")
-        except Exception as e:
-            with self._failures.get_lock():
-                self._failures.value += 1
-            log.warning("skipping unreadable image %s: %s", self.images.root / rel, e)
-            return None
+        except Exception as e:  # PIL raises many types; a bad file must never end the epoch
+            return Unreadable(rel, f"{type(e).__name__}: {e}")
         return (self.transform(img) if self.transform else img), label
 
 
-def skip_failed_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """``default_collate`` of the samples that loaded (a batch may come out smaller, never fails)."""
-    batch = [b for b in batch if b is not None]
-    if not batch:
-        return torch.empty(0), torch.empty(0, dtype=torch.long)
-    return default_collate(batch)
+def skip_failed_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+    """``default_collate`` of the samples that loaded, and the ``(path, reason)`` of those that did not
+    (the batch comes out shorter, or empty; never fails)."""
+    bad = [(b.rel, b.reason) for b in batch if isinstance(b, Unreadable)]
+    good = [b for b in batch if not isinstance(b, Unreadable)]
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), bad
+    images, labels = default_collate(good)
+    return images, labels, bad
 
 
 class ShardedSampler(Sampler[int]):
@@ -282,13 +301,45 @@ class ShardedSampler(Sampler[int]):
         return iter(order[self.rank :: self.world_size])
 
 
+class TorchvisionLoader:
+    """The torchvision ``DataLoader`` of one rank's shard: ``(images, labels)`` batches, unreadable files
+    skipped and recorded in :attr:`bad` (see :mod:`hnas_fast.data.bad_files`), never an empty batch.
+
+    ``sampler.set_epoch(e)`` picks pass ``e``'s order; ``len()`` is the shard's batch count.
+    """
+
+    def __init__(self, images: ImageList, batch_size: int, options: ImageOptions, train: bool, rank: int = 0,
+                 world_size: int = 1, shuffle: bool | None = None, seed: int = 0, num_workers: int = 2,
+                 known_bad: Iterable[str] = ()) -> None:
+        self.images = images
+        self.bad = BadFileLog(known_bad)
+        self.dataset = ImageListDataset(images, torchvision_transform(options, train),
+                                       frozenset(self.bad.known))
+        shuffle = train if shuffle is None else shuffle
+        self.sampler = ShardedSampler(len(images), rank, world_size, shuffle, seed)
+        self.loader = DataLoader(self.dataset, batch_size=batch_size, sampler=self.sampler,
+                                 num_workers=num_workers, collate_fn=skip_failed_collate,
+                                 pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
+                                 multiprocessing_context="fork" if num_workers > 0 else None)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return fill_empty_batches(self._batches())
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels, bad in self.loader:
+            for rel, reason in bad:
+                if rel not in self.bad.known:
+                    self.bad.add(rel, reason)
+            yield images, labels
+
+
 def make_torchvision_loader(images: ImageList, batch_size: int, options: ImageOptions, train: bool,
                             rank: int = 0, world_size: int = 1, shuffle: bool | None = None, seed: int = 0,
-                            num_workers: int = 2) -> DataLoader:
-    """A ``DataLoader`` over ``images`` sharded for ``rank``; ``loader.sampler.set_epoch(e)`` per epoch."""
-    dataset = ImageListDataset(images, torchvision_transform(options, train))
-    sampler = ShardedSampler(len(images), rank, world_size, train if shuffle is None else shuffle, seed)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=skip_failed_collate, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=num_workers > 0,
-                      multiprocessing_context="fork" if num_workers > 0 else None)
+                            num_workers: int = 2, known_bad: Iterable[str] = ()) -> TorchvisionLoader:
+    """A :class:`TorchvisionLoader` over ``images`` sharded for ``rank``; ``loader.sampler.set_epoch(e)``
+    per epoch; files in ``known_bad`` are skipped without being opened."""
+    return TorchvisionLoader(images, batch_size, options, train, rank, world_size, shuffle, seed, num_workers,
+                             known_bad)

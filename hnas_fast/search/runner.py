@@ -30,6 +30,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,12 +40,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from hnas_fast.data.bad_files import BAD_FILES_NAME, read_bad_files, write_bad_files
 from hnas_fast.data.dali import dali_available, make_image_search_loaders
 from hnas_fast.data.imagenet import ImageOptions
 from hnas_fast.data.loaders import ResumableSampler, make_search_loaders, sampler_of
 from hnas_fast.distributed import (
     DistributedContext,
     GradientAverager,
+    all_gather_object,
     assert_identical,
     broadcast_buffers,
     broadcast_module,
@@ -229,7 +232,8 @@ class SearchRun:
         self.device = self.ctx.device if self.ctx.distributed else _device(cfg)
         # Everything that can fail on bad input happens before the run directory is created.
         self.space = self.stage.space(cfg)
-        self.bad_files: list[tuple[str, str]] = []
+        # Unreadable images: the screening's, then those met while loading (gathered from every rank).
+        self.bad_files: dict[str, str] = {}
         self.image_backend: str | None = None
         if cfg.data == "imagenet":
             num_classes, in_ch = self._image_loaders(cfg)
@@ -267,22 +271,53 @@ class SearchRun:
             raise ConfigError("--dali dali needs NVIDIA DALI (pip install nvidia-dali-cuda130); "
                               "--dali torchvision reads the same folder without it")
         use_dali = cfg.dali == "dali" or (cfg.dali == "auto" and dali_available())
+        # The folder index lives next to the run directories (shared by the ranks, reused by reruns).
+        if self.resume_dir is not None:
+            runs_root = self.resume_dir.parent
+            self.bad_files.update(read_bad_files(self.resume_dir / BAD_FILES_NAME))
+        else:
+            runs_root = Path(cfg.out).expanduser().parent if cfg.out else Path(cfg.runs_dir).expanduser()
         loaders = make_image_search_loaders(
             cfg.data_dir or "", cfg.batch_size // self.ctx.world_size,
             split=1.0 if cfg.one_level else cfg.split, seed=cfg.seed, options=options,
             rank=self.ctx.rank, world_size=self.ctx.world_size, backend=cfg.dali,
             # --workers is the DataLoader's worker count (0: in process) or DALI's thread count (>= 1).
             num_threads=max(1, cfg.workers) if use_dali else cfg.workers,
-            device=self.device, validate=cfg.image_validate,
+            device=self.device, validate=cfg.image_validate, index_dir=runs_root / ".image_index",
+            share=lambda path: broadcast_object(path, self.ctx), known_bad=tuple(self.bad_files),
         )
         self.train_loader, self.val_loader = loaders.train, loaders.val
         self.image_size = options.image_size
-        self.bad_files, self.image_backend = loaders.bad, loaders.backend
+        self.image_backend = loaders.backend
+        self.bad_files.update(loaders.bad)
         return loaders.num_classes, 3
+
+    def _sync_bad_files(self) -> None:
+        """Gather the unreadable files every rank's loaders met since the last call (a collective: every
+        rank calls it at the same point); rank 0 warns about the new ones and rewrites ``bad_files.txt``."""
+        if self.cfg.data != "imagenet":
+            return
+        mine = [e for dl in self._loaders().values() for e in dl.bad.take()]
+        new = {}
+        for entries in all_gather_object(mine, self.ctx):
+            for rel, reason in entries:
+                if rel not in self.bad_files and rel not in new:
+                    new[rel] = reason
+        self.bad_files.update(new)
+        if not self.ctx.is_main:
+            return
+        if new:
+            shown = "; ".join(f"{p} ({r})" for p, r in list(new.items())[:5])
+            warnings.warn(f"{len(new)} more unreadable image(s) skipped while loading: {shown}"
+                          + (" …" if len(new) > 5 else "") + f" (all in {self.run_dir / BAD_FILES_NAME})",
+                          stacklevel=2)
+        if new or not (self.run_dir / BAD_FILES_NAME).exists():
+            write_bad_files(self.run_dir / BAD_FILES_NAME, self.bad_files.items())
 
     # -------------------------------------------------------------------------------------------- state
     def _checkpoint(self) -> None:
         """Save the run's state (rank 0 writes; every rank takes part and waits for the file)."""
+        self._sync_bad_files()
         # BatchNorm running statistics are the only per-rank state: save (and go on with) rank 0's.
         broadcast_buffers(self.model, self.ctx)
         if self.cfg.check_sync:
@@ -495,10 +530,12 @@ class SearchRun:
                     self._checkpoint()
                     break
                 self.strategy.end_epoch()
+                self._sync_bad_files()
                 described = self.stage.describe(self._result())
                 means = {k: round(v / max(self.pos.n, 1), 6) for k, v in self.pos.sums.items()}
                 self.log.write({"type": "epoch", "epoch": self.pos.epoch, "step": self.pos.global_step,
                                 **means, "time": round(time.perf_counter() - t_epoch, 3),
+                                **({"bad_files": len(self.bad_files)} if cfg.data == "imagenet" else {}),
                                 "elapsed": round(self.pos.elapsed, 3), "genotype": described})
                 self.alphas_log.write({"epoch": self.pos.epoch + 1, "step": self.pos.global_step,
                                        "alphas": _softmaxed_alphas(self.model)})
