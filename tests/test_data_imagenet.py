@@ -308,3 +308,22 @@ def test_rank_0_failure_reaches_the_other_ranks(tmp_path):
         shared_image_list(tmp_path, "header", 1, tmp_path / "idx", rank=0, share=lambda p: p)
     with pytest.raises(RuntimeError, match="rank 0 could not list"):
         shared_image_list(tmp_path, "header", 1, tmp_path / "idx", rank=1, share=lambda _: None)
+
+
+def test_screening_on_processes_matches_one_process(tmp_path):
+    """Over 512 files the checks run on forked processes, in chunks; same verdicts, same order."""
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, format="JPEG")
+    good = buf.getvalue()
+    for c in range(2):
+        (tmp_path / f"c{c}").mkdir()
+        for i in range(330):
+            data = good if i % 97 else good[: len(good) // 2]  # a truncated file now and then
+            (tmp_path / f"c{c}" / f"{i:03d}.jpg").write_bytes(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = scan_image_folder(tmp_path, "header", workers=1)
+        two = scan_image_folder(tmp_path, "header", workers=2)
+    assert one.samples == two.samples and one.bad == two.bad and len(one.bad) == 8

@@ -21,10 +21,11 @@ are not listed at all.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -160,6 +161,23 @@ def warn_bad_images(images: ImageList, total: int, stacklevel: int = 2) -> None:
                       f"{shown}" + (" …" if len(images.bad) > 5 else ""), stacklevel=stacklevel + 1)
 
 
+def _check_chunk(paths: list[str], validate: Validate) -> list[str | None]:
+    return [_check(p, validate) for p in paths]
+
+
+def _check_all(paths: list[str], validate: Validate, workers: int) -> list[str | None]:
+    """:func:`_check` of every path, in order, on ``workers`` forked processes (chunks of files, so the
+    inter-process traffic is a few messages per thousand files)."""
+    chunk = 512
+    if workers <= 1 or len(paths) <= chunk or "fork" not in multiprocessing.get_all_start_methods():
+        return _check_chunk(paths, validate)
+    chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
+    # fork: the children only run PIL on files, never torch, so the parent's state is safe to copy, and
+    # they start in milliseconds where spawned ones would import torch again.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        return [r for part in pool.map(_check_chunk, chunks, [validate] * len(chunks)) for r in part]
+
+
 def scan_image_folder(root: str | os.PathLike, validate: Validate = "header", workers: int = 8,
                       listing: tuple[list[str], list[tuple[str, int]]] | None = None,
                       stacklevel: int = 2) -> ImageList:
@@ -168,7 +186,8 @@ def scan_image_folder(root: str | os.PathLike, validate: Validate = "header", wo
     Args:
         root: the folder of class folders.
         validate: ``"header"`` (PIL ``verify()``), ``"decode"`` (full decode) or ``"none"``.
-        workers: threads for the checks (file I/O and PIL's decoder release the GIL).
+        workers: processes for the checks (PIL's header parsing is Python code that holds the GIL, so
+            threads would not add up); ``1`` checks in this process.
         listing: ``(classes, [(absolute path, label)])`` when the caller has listed ``root`` already.
     """
     root = Path(root).expanduser()
@@ -184,8 +203,7 @@ def scan_image_folder(root: str | os.PathLike, validate: Validate = "header", wo
     if validate == "none":
         reasons: list[str | None] = [None] * len(found)
     else:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            reasons = list(pool.map(lambda item: _check(item[0], validate), found))
+        reasons = _check_all([p for p, _ in found], validate, workers)
     samples, bad = [], []
     for (path, label), reason in zip(found, reasons):
         rel = os.path.relpath(path, root)

@@ -304,6 +304,9 @@ class SearchRun:
                 if rel not in self.bad_files and rel not in new:
                     new[rel] = reason
         self.bad_files.update(new)
+        if self.cfg.check_sync:  # every rank merged the same lists, so holds the same record
+            count = torch.tensor([len(self.bad_files)], dtype=torch.float64, device=self.ctx.device)
+            assert_identical([count], self.ctx, "bad file counts")
         if not self.ctx.is_main:
             return
         if new:
