@@ -28,8 +28,14 @@ class name whose only child is the ``nn.Sequential`` ``op``) for a :class:`Patch
 :func:`~hnas_fast.kernels.depthwise_conv2d` with the ReLU fused (no ReLU'd copy is made or saved); the 1×1
 convolutions and BatchNorms run as they are. Parameters, buffers and state-dict keys are again unchanged.
 
-What it does not change (yet): the pools stay the model's own modules. :func:`unpatch_darts_model`
-restores the original modules.
+With ``pools=True`` (the default) it also swaps each ``nn.Sequential(pool, BatchNorm2d(C, affine=False))``
+(DARTS's search-network pools: ``MaxPool2d(3, s, 1)`` or ``AvgPool2d(3, s, 1, count_include_pad=False)``,
+and the 5×5 ones) for a :class:`PatchedPoolBN` holding the **same** two modules as its children ``0`` and
+``1``: pooling and BatchNorm run as one fused :func:`~hnas_fast.kernels.pool_bn` (one pass forward, no
+pooled intermediate saved, max-pool argmax recomputed in backward), with the BatchNorm's running
+statistics updated as PyTorch updates them.
+
+:func:`unpatch_darts_model` restores the original modules.
 """
 
 from __future__ import annotations
@@ -42,10 +48,17 @@ import torch
 from torch import nn
 
 from hnas_fast.nn.mixed_op import MixedOp
-from hnas_fast.nn.operations import DilConv, SepConv, is_fusable_depthwise, relu_depthwise_sequential
+from hnas_fast.nn.operations import (
+    DilConv,
+    PoolBN,
+    SepConv,
+    is_fusable_depthwise,
+    is_fusable_pool_bn,
+    relu_depthwise_sequential,
+)
 
-__all__ = ["PatchedConvOp", "PatchedMixedOp", "is_darts_conv_op", "is_darts_mixed_op", "patch_darts_model",
-           "unpatch_darts_model"]
+__all__ = ["PatchedConvOp", "PatchedMixedOp", "PatchedPoolBN", "is_darts_conv_op", "is_darts_mixed_op",
+           "is_darts_pool_bn", "patch_darts_model", "unpatch_darts_model"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +80,12 @@ def is_darts_conv_op(module: nn.Module) -> bool:
     if not isinstance(op, nn.Sequential) or [name for name, _ in module.named_children()] != ["op"]:
         return False
     return any(isinstance(a, nn.ReLU) and is_fusable_depthwise(b) for a, b in itertools.pairwise(op))
+
+
+def is_darts_pool_bn(module: nn.Module) -> bool:
+    """Whether ``module`` is a plain ``nn.Sequential`` of exactly a DARTS pool and a ``BatchNorm2d``
+    without affine parameters (what :func:`~hnas_fast.kernels.pool_bn` computes in one pass)."""
+    return type(module) is nn.Sequential and len(module) == 2 and is_fusable_pool_bn(module[0], module[1])
 
 
 def _is_zero(op: nn.Module) -> bool:
@@ -127,6 +146,21 @@ class PatchedConvOp(nn.Module):
         return self._original
 
 
+class PatchedPoolBN(PoolBN):
+    """A DARTS ``nn.Sequential(pool, BatchNorm2d(affine=False))`` run as one fused pool+BN; its children
+    ``0`` and ``1`` are the original's (same objects, same state-dict keys)."""
+
+    def __init__(self, original: nn.Sequential, backend: str | None = None) -> None:
+        super().__init__(original[0], original[1], backend)
+        self.training = original.training
+        object.__setattr__(self, "_original", original)  # not a submodule: no duplicate buffers
+
+    @property
+    def original(self) -> nn.Module:
+        """The module this one replaced."""
+        return self._original
+
+
 def _replace(root: nn.Module, qualified_name: str, new: nn.Module) -> None:
     parent_name, _, child = qualified_name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
@@ -135,9 +169,10 @@ def _replace(root: nn.Module, qualified_name: str, new: nn.Module) -> None:
 
 def patch_darts_model(model: nn.Module, memory_saving: bool = False, backend: str | None = None,
                       match: Callable[[nn.Module], bool] = is_darts_mixed_op,
-                      strict: bool = True, convs: bool = True) -> nn.Module:
-    """Replace, in place, every DARTS ``MixedOp`` of ``model`` by a :class:`PatchedMixedOp` and (with
-    ``convs``) every DARTS ``SepConv``/``DilConv`` by a :class:`PatchedConvOp`.
+                      strict: bool = True, convs: bool = True, pools: bool = True) -> nn.Module:
+    """Replace, in place, every DARTS ``MixedOp`` of ``model`` by a :class:`PatchedMixedOp`, (with
+    ``convs``) every DARTS ``SepConv``/``DilConv`` by a :class:`PatchedConvOp`, and (with ``pools``) every
+    pool + affine-free BatchNorm pair by a :class:`PatchedPoolBN`.
 
     Args:
         model: a DARTS-style search network (or any module containing DARTS mixed edges).
@@ -147,28 +182,32 @@ def patch_darts_model(model: nn.Module, memory_saving: bool = False, backend: st
         match: which modules to replace (default :func:`is_darts_mixed_op`).
         strict: raise ``ValueError`` when nothing matched (a silent no-op would hide a wrong model).
         convs: also fuse the ReLU → depthwise pairs of SepConv/DilConv (:func:`is_darts_conv_op`).
+        pools: also fuse each pool with its search BatchNorm (:func:`is_darts_pool_bn`).
 
     Returns:
         ``model`` itself, so ``model = patch_darts_model(model)`` also works.
     """
     names = [name for name, m in model.named_modules() if name and match(m)]
     conv_names = [name for name, m in model.named_modules() if name and convs and is_darts_conv_op(m)]
-    if not names and not conv_names and strict:
+    pool_names = [name for name, m in model.named_modules() if name and pools and is_darts_pool_bn(m)]
+    if not names and not conv_names and not pool_names and strict:
         raise ValueError(f"patch_darts_model: no DARTS MixedOp found in {type(model).__name__} (a module "
                          "named MixedOp whose only child is the ModuleList _ops); pass match= to choose")
     for name in conv_names:  # first: the patched edges below hold these very _ops lists
         _replace(model, name, PatchedConvOp(model.get_submodule(name), backend))
+    for name in pool_names:
+        _replace(model, name, PatchedPoolBN(model.get_submodule(name), backend))
     for name in names:
         _replace(model, name, PatchedMixedOp(model.get_submodule(name), memory_saving, backend))
-    log.info("patch_darts_model: replaced %d mixed edges (memory_saving=%s) and %d SepConv/DilConv",
-             len(names), memory_saving, len(conv_names))
+    log.info("patch_darts_model: replaced %d mixed edges (memory_saving=%s), %d SepConv/DilConv and %d "
+             "pool+BN pairs", len(names), memory_saving, len(conv_names), len(pool_names))
     return model
 
 
 def unpatch_darts_model(model: nn.Module) -> nn.Module:
-    """Put the original ``MixedOp``, ``SepConv`` and ``DilConv`` modules back (with the same, possibly
-    trained, parameters)."""
-    for kind in (PatchedConvOp, PatchedMixedOp):
+    """Put the original ``MixedOp``, ``SepConv``, ``DilConv`` and pool ``Sequential`` modules back (with the
+    same, possibly trained, parameters and statistics)."""
+    for kind in (PatchedConvOp, PatchedPoolBN, PatchedMixedOp):
         names: Sequence[str] = [n for n, m in model.named_modules() if isinstance(m, kind)]
         for name in names:
             patched = model.get_submodule(name)

@@ -15,137 +15,15 @@ from hnas_fast.kernels import extension_available
 from hnas_fast.patch import (
     PatchedConvOp,
     PatchedMixedOp,
+    PatchedPoolBN,
     is_darts_conv_op,
     is_darts_mixed_op,
+    is_darts_pool_bn,
     patch_darts_model,
     unpatch_darts_model,
 )
+from tests.darts_style import PRIMITIVES, DilConv, Network, SepConv
 from tests.helpers import rel_err
-
-# ---- a DARTS-style model, written for this test -------------------------------------------------------
-
-
-class Zero(nn.Module):
-    def __init__(self, stride):
-        super().__init__()
-        self.stride = stride
-
-    def forward(self, x):
-        return x[:, :, :: self.stride, :: self.stride] * 0.0
-
-
-class Halve(nn.Module):  # the role of DARTS's FactorizedReduce
-    def __init__(self, C_in, C_out, affine):
-        super().__init__()
-        self.a = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
-        self.b = nn.Conv2d(C_in, C_out - C_out // 2, 1, stride=2, bias=False)
-        self.bn = nn.BatchNorm2d(C_out, affine=affine)
-
-    def forward(self, x):
-        x = F.relu(x)
-        return self.bn(torch.cat([self.a(x), self.b(F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:])], 1))
-
-
-def depthwise_block(C, k, stride, pad, dil, affine):
-    return [nn.ReLU(), nn.Conv2d(C, C, k, stride, pad, dilation=dil, groups=C, bias=False),
-            nn.Conv2d(C, C, 1, bias=False), nn.BatchNorm2d(C, affine=affine)]
-
-
-class SepConv(nn.Module):
-    def __init__(self, C, k, stride, pad, affine):
-        super().__init__()
-        self.op = nn.Sequential(*depthwise_block(C, k, stride, pad, 1, affine),
-                                *depthwise_block(C, k, 1, pad, 1, affine))
-
-    def forward(self, x):
-        return self.op(x)
-
-
-class DilConv(nn.Module):
-    def __init__(self, C, k, stride, pad, affine):
-        super().__init__()
-        self.op = nn.Sequential(*depthwise_block(C, k, stride, pad, 2, affine))
-
-    def forward(self, x):
-        return self.op(x)
-
-
-TEST_OPS = {
-    "none": lambda C, s, affine: Zero(s),
-    "max_pool_3x3": lambda C, s, affine: nn.MaxPool2d(3, s, 1),
-    "avg_pool_3x3": lambda C, s, affine: nn.AvgPool2d(3, s, 1, count_include_pad=False),
-    "skip_connect": lambda C, s, affine: nn.Identity() if s == 1 else Halve(C, C, affine),
-    "sep_conv_3x3": lambda C, s, affine: SepConv(C, 3, s, 1, affine),
-    "dil_conv_3x3": lambda C, s, affine: DilConv(C, 3, s, 2, affine),
-}
-PRIMITIVES = list(TEST_OPS)
-
-
-class MixedOp(nn.Module):
-    def __init__(self, C, stride):
-        super().__init__()
-        self._ops = nn.ModuleList()
-        for name in PRIMITIVES:
-            op = TEST_OPS[name](C, stride, False)
-            if "pool" in name:
-                op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
-            self._ops.append(op)
-
-    def forward(self, x, weights):
-        return sum(w * op(x) for w, op in zip(weights, self._ops))
-
-
-class Cell(nn.Module):
-    def __init__(self, C_pp, C_p, C, reduction, reduction_prev, steps=2):
-        super().__init__()
-        self.reduction = reduction
-        self.preprocess0 = (Halve(C_pp, C, False) if reduction_prev else
-                            nn.Sequential(nn.ReLU(), nn.Conv2d(C_pp, C, 1, bias=False),
-                                          nn.BatchNorm2d(C, affine=False)))
-        self.preprocess1 = nn.Sequential(nn.ReLU(), nn.Conv2d(C_p, C, 1, bias=False),
-                                         nn.BatchNorm2d(C, affine=False))
-        self._steps = steps
-        self._ops = nn.ModuleList()
-        for i in range(steps):
-            for j in range(2 + i):
-                self._ops.append(MixedOp(C, 2 if reduction and j < 2 else 1))
-
-    def forward(self, s0, s1, weights):
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
-        offset = 0
-        for _ in range(self._steps):
-            s = sum(self._ops[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
-            offset += len(states)
-            states.append(s)
-        return torch.cat(states[-self._steps:], dim=1)
-
-
-class Network(nn.Module):
-    def __init__(self, C=4, num_classes=5, layers=3, steps=2):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 3 * C, 3, padding=1, bias=False), nn.BatchNorm2d(3 * C))
-        C_pp, C_p, C_curr = 3 * C, 3 * C, C
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        for i in range(layers):
-            reduction = i == layers // 2
-            if reduction:
-                C_curr *= 2
-            self.cells.append(Cell(C_pp, C_p, C_curr, reduction, reduction_prev, steps))
-            reduction_prev = reduction
-            C_pp, C_p = C_p, steps * C_curr
-        self.classifier = nn.Linear(C_p, num_classes)
-        k = sum(2 + i for i in range(steps))
-        self.alphas_normal = nn.Parameter(1e-1 * torch.randn(k, len(PRIMITIVES)))
-        self.alphas_reduce = nn.Parameter(1e-1 * torch.randn(k, len(PRIMITIVES)))
-
-    def forward(self, x):
-        s0 = s1 = self.stem(x)
-        for cell in self.cells:
-            alphas = self.alphas_reduce if cell.reduction else self.alphas_normal
-            s0, s1 = s1, cell(s0, s1, F.softmax(alphas, dim=-1))
-        return self.classifier(s1.mean((2, 3)))
-
 
 # ---- tests ----------------------------------------------------------------------------------------------
 
@@ -175,8 +53,11 @@ def test_patch_keeps_outputs_gradients_parameters_and_keys(seed):
     n_edges = sum(is_darts_mixed_op(m) for m in model.modules())
     n_convs = sum(is_darts_conv_op(m) for m in model.modules())
     assert n_convs == sum(isinstance(m, (SepConv, DilConv)) for m in model.modules()) == 3 * 5 * 2
+    n_pools = sum(is_darts_pool_bn(m) for m in model.modules())
+    assert n_pools == 3 * 5 * 2
     assert patch_darts_model(model) is model
     assert sum(isinstance(m, PatchedConvOp) for m in model.modules()) == n_convs
+    assert sum(isinstance(m, PatchedPoolBN) for m in model.modules()) == n_pools
     assert not any(is_darts_conv_op(m) for m in model.modules())
     patched = [m for m in model.modules() if isinstance(m, PatchedMixedOp)]
     assert len(patched) == n_edges == 3 * 5
@@ -198,7 +79,8 @@ def test_patch_keeps_outputs_gradients_parameters_and_keys(seed):
     unpatch_darts_model(model)
     assert sum(is_darts_mixed_op(m) for m in model.modules()) == n_edges
     assert sum(is_darts_conv_op(m) for m in model.modules()) == n_convs
-    assert not any(isinstance(m, (PatchedMixedOp, PatchedConvOp)) for m in model.modules())
+    assert sum(is_darts_pool_bn(m) for m in model.modules()) == n_pools
+    assert not any(isinstance(m, (PatchedMixedOp, PatchedConvOp, PatchedPoolBN)) for m in model.modules())
     assert list(model.state_dict()) == keys
 
 
@@ -259,6 +141,57 @@ def test_memory_saving_patch_same_result_less_saved(seed):
     torch.testing.assert_close(out1, out0, rtol=1e-12, atol=1e-12)
     for name, g in grads0.items():
         torch.testing.assert_close(grads1[name], g, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.skipif(not extension_available(), reason="extension not built")
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_patched_pools_run_the_fused_op_and_track_statistics(seed, pool):
+    """Each pool + BN pair runs as one pool_bn (the pool module's own forward no longer runs); outputs,
+    gradients and the running statistics after 3 training steps equal the unpatched model's."""
+    torch.manual_seed(seed)
+    make = (lambda: nn.MaxPool2d(3, 2, 1)) if pool == "max" else (lambda: nn.AvgPool2d(3, 1, 1,
+                                                                                       count_include_pad=False))
+    ref = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Sequential(make(), nn.BatchNorm2d(4, affine=False))).double()
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Sequential(make(), nn.BatchNorm2d(4, affine=False))).double()
+    model.load_state_dict(ref.state_dict())
+    keys = list(model.state_dict())
+    calls = []
+    model[1][0].register_forward_hook(lambda *args: calls.append(1))
+    patch_darts_model(model)
+    assert isinstance(model[1], PatchedPoolBN) and list(model.state_dict()) == keys and not calls
+    for _ in range(3):
+        x = torch.randn(3, 3, 7, 9, dtype=torch.float64)
+        outs, grads = [], []
+        for m in (ref, model):
+            m.zero_grad(set_to_none=True)
+            out = m(x)
+            (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+            outs.append(out.detach())
+            grads.append(m[0].weight.grad.clone())
+        torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)
+    assert not calls
+    for name, buf in ref.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], buf, rtol=1e-12, atol=1e-12, msg=name)
+    model.eval()
+    ref.eval()
+    torch.testing.assert_close(model(x), ref(x), rtol=1e-12, atol=1e-12)  # running statistics in eval
+    unpatch_darts_model(model)
+    assert type(model[1]) is nn.Sequential and is_darts_pool_bn(model[1])
+    model(x)
+    assert calls
+
+
+def test_pools_the_patch_leaves_alone():
+    """Only a plain Sequential of exactly a fusable pool and an affine-free BatchNorm2d is swapped."""
+    assert not is_darts_pool_bn(nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.BatchNorm2d(4)))  # affine
+    assert not is_darts_pool_bn(nn.Sequential(nn.AvgPool2d(3, 1, 1), nn.BatchNorm2d(4, affine=False)))  # pads
+    assert not is_darts_pool_bn(nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.BatchNorm2d(4, affine=False),
+                                              nn.ReLU()))
+    assert is_darts_pool_bn(nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.BatchNorm2d(4, affine=False)))
+    net = nn.Sequential(nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.BatchNorm2d(4, affine=False)))
+    patch_darts_model(net, pools=False, strict=False)
+    assert type(net[0]) is nn.Sequential
 
 
 def test_strict_patch_refuses_a_model_without_mixed_ops():
