@@ -150,7 +150,7 @@ def _jpeg_folder(root: Path, per_class: int = 6, bad: int = 1) -> Path:
     return root
 
 
-def test_imagenet_folder_search_single_process_and_epoch_restart(tmp_path):
+def test_imagenet_folder_search_single_process_resumes_mid_epoch(tmp_path):
     data = _jpeg_folder(tmp_path / "data")
     out = tmp_path / "run"
     args = ["--data", "imagenet", "--data-dir", str(data), "--dali", "torchvision", "--space", "s5",
@@ -161,15 +161,52 @@ def test_imagenet_folder_search_single_process_and_epoch_restart(tmp_path):
     start = _lines(out / "log.jsonl")[0]
     assert start["image_backend"] == "torchvision" and start["bad_files"] == 1
     assert start["train_size"] + start["val_size"] == 12  # the corrupt file is left out
-    # Image pipelines cannot start mid-pass: the resume replays the interrupted epoch (2 steps) whole.
-    with pytest.warns(UserWarning, match="unreadable"):
+    # The image samplers are indexed by the pass: the resume goes on from step 2 of epoch 0.
+    with pytest.warns(UserWarning, match="unreadable"):  # the reused folder index still warns
         assert main(["--resume", str(out), "--quiet"]) == 0
     log = _lines(out / "log.jsonl")
     resume = next(r for r in log if r["type"] == "resume")
-    assert resume["restarted_steps"] == 1 and resume["reshard"] is False
+    assert "restarted_steps" not in resume and resume["reshard"] is False and resume["step"] == 1
+    assert [r["step"] for r in log if r["type"] == "step"] == [1, 2, 3, 4]
     assert [r["epoch"] for r in log if r["type"] == "epoch"] == [0, 1]
-    assert load_checkpoint(out / "checkpoint.pt")["global_step"] == 1 + 2 * 2
+    assert load_checkpoint(out / "checkpoint.pt")["global_step"] == 2 * 2
     assert json.loads((out / "genotype.json").read_text())
+
+
+def test_imagenet_search_on_two_processes_resumes_mid_epoch_on_one(tmp_path):
+    data = _jpeg_folder(tmp_path / "data", bad=0)
+    out = tmp_path / "run"
+    proc = _torchrun("-m", "hnas_fast.search", "--data", "imagenet", "--data-dir", str(data),
+                     "--dali", "torchvision", *_tiny("--batch-size", "4", "--epochs", "2", "--max-steps", "1",
+                                                     "--out", str(out)))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    # 6 images per side; 4 used by step 1 on 2 processes, the other 2 make step 2 on one process.
+    assert main(["--resume", str(out), "--quiet"]) == 0
+    log = _lines(out / "log.jsonl")
+    resume = next(r for r in log if r["type"] == "resume")
+    assert resume["reshard"] is True and resume["world_size"] == 1
+    assert [(r["epoch"], r["step"]) for r in log if r["type"] == "step"] == [(0, 1), (0, 2), (1, 3), (1, 4)]
+    assert log[-1]["type"] == "done"
+
+
+def test_sharded_sampler_resumes_a_pass_on_any_process_count():
+    """Pass 3 stopped after 2 steps of global batch 4 on 2 processes, resumed on 3: the samples used
+    before and after are the pass's permutation, each once."""
+    from hnas_fast.data.imagenet import ShardedSampler
+
+    def batches(rank, world, skip, per_rank):
+        s = ShardedSampler(23, rank, world, seed=9)
+        s.set_epoch(3, skip=skip)
+        got = list(s)
+        return [got[i : i + per_rank] for i in range(0, len(got), per_rank)]
+
+    used = [i for r in range(2) for b in batches(r, 2, 0, 2)[:2] for i in b]
+    rest = [i for r in range(3) for b in batches(r, 3, 8, 2) for i in b]
+    full = ShardedSampler(23, 0, 1, seed=9)
+    full.set_epoch(3)
+    assert sorted(used + rest) == list(range(23)) and sorted(used) == sorted(list(full)[:8])
+    with pytest.raises(ValueError, match="skip"):
+        full.set_epoch(0, skip=-1)
 
 
 @pytest.mark.parametrize("pipeline", ["torchvision", "dali"])

@@ -293,19 +293,26 @@ def skip_failed_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[t
 
 
 class ShardedSampler(Sampler[int]):
-    """Rank ``rank`` of ``world_size``: a seeded permutation per epoch (``set_epoch``), every
-    ``world_size``-th index from ``rank`` on, so each sample is seen exactly once per epoch across ranks
-    (no padding, unlike ``DistributedSampler``: shard sizes may differ by one)."""
+    """Rank ``rank`` of ``world_size``: a seeded permutation per pass (``set_epoch``), every
+    ``world_size``-th index from ``rank`` on, so each sample is seen exactly once per pass across ranks
+    (no padding, unlike ``DistributedSampler``: shard sizes may differ by one).
+
+    ``set_epoch(e, skip=n)`` restarts pass ``e`` after the first ``n`` samples of its permutation (the one
+    all ranks share), so a run stopped after ``k`` steps of global batch ``B`` resumes with
+    ``skip=k * B`` on any number of processes. ``len()`` is always the whole shard's.
+    """
 
     def __init__(self, size: int, rank: int = 0, world_size: int = 1, shuffle: bool = True,
                  seed: int = 0) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
         self.size, self.rank, self.world_size = size, rank, world_size
-        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self.shuffle, self.seed, self.epoch, self.skip = shuffle, seed, 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        if skip < 0:
+            raise ValueError(f"skip must be >= 0, got {skip}")
+        self.epoch, self.skip = epoch, skip
 
     def __len__(self) -> int:
         return len(range(self.rank, self.size, self.world_size))
@@ -316,7 +323,7 @@ class ShardedSampler(Sampler[int]):
             order = torch.randperm(self.size, generator=gen).tolist()
         else:
             order = list(range(self.size))
-        return iter(order[self.rank :: self.world_size])
+        return iter(order[self.skip :][self.rank :: self.world_size])
 
 
 class TorchvisionLoader:

@@ -19,9 +19,11 @@ outputs; logged metrics are averaged over the ranks. Every rank reads the checkp
 system). A checkpoint records its ``world_size`` and resumes on any number of processes: the digits,
 CIFAR and folder loaders shard one global permutation per pass, so the interrupted epoch goes on from the
 checkpointed step exactly where the other process count left it (``reshard: true`` in the resume
-record); every rank restores rank 0's RNG state (all ranks seed alike and draw alike). The
-``imagenet`` pipelines (DALI, torchvision) cannot start mid-pass: there the interrupted epoch restarts from
-its beginning (``restarted_steps`` in the resume record).
+record); every rank restores rank 0's RNG state (all ranks seed alike and draw alike). The ``imagenet``
+pipelines (DALI, torchvision) take their order from a :class:`~hnas_fast.data.imagenet.ShardedSampler`
+(one seeded permutation per pass, indexed by the epoch, or by the count of validation passes, which the
+checkpoint records): they resume mid-pass the same way, after the samples the checkpointed steps used, on
+any number of processes; their augmentations after a resume differ.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from torch.utils.data import DataLoader
 
 from hnas_fast.data.bad_files import BAD_FILES_NAME, read_bad_files, write_bad_files
 from hnas_fast.data.dali import dali_available, make_image_search_loaders
-from hnas_fast.data.imagenet import ImageOptions
+from hnas_fast.data.imagenet import ImageOptions, ShardedSampler
 from hnas_fast.data.loaders import ResumableSampler, make_search_loaders, sampler_of
 from hnas_fast.distributed import (
     DistributedContext,
@@ -242,9 +244,11 @@ class SearchRun:
                 cfg.data, cfg.data_dir, cfg.batch_size // ws, cfg.split, cfg.one_level, cfg.seed, cfg.workers,
                 cfg.image_size, rank=self.ctx.rank, world_size=ws,
             )
-        # The image pipelines cannot start mid-pass; the resumable samplers can (see the module docstring).
+        # Digits/CIFAR/folder loaders carry generator state; the image pipelines' samplers are indexed by
+        # the pass instead (see the module docstring). Both resume mid-pass.
         self._resumable = all(isinstance(getattr(dl, "sampler", None), ResumableSampler)
                               for dl in self._loaders().values())
+        self._train_skip = 0  # image path: samples of the first pass's permutation used before a resume
         self.run_dir = self.resume_dir if self.resume_dir is not None else choose_run_dir(cfg, self.ctx)
         seed_everything(cfg.seed)
         self.model = self.stage.build(cfg, self.space, num_classes, in_ch).to(self.device)
@@ -330,6 +334,7 @@ class SearchRun:
             "format": CHECKPOINT_FORMAT, "world_size": self.ctx.world_size,
             "epoch": self.pos.epoch, "step_in_epoch": self.pos.step_in_epoch,
             "global_step": self.pos.global_step, "val_step": self.pos.val_step, "elapsed": self.pos.elapsed,
+            "val_passes": self._val_passes,
             "epoch_sums": dict(self.pos.sums), "epoch_n": self.pos.n,
             "model": self.model.state_dict(),
             "strategy": self.strategy.state_dict(),
@@ -358,13 +363,10 @@ class SearchRun:
         self.pos = _Position(state["epoch"], state["step_in_epoch"], state["global_step"], state["val_step"],
                              state["elapsed"], dict(state["epoch_sums"]), state["epoch_n"])
         self.stored_world_size = int(state.get("world_size", 1))
-        self.restarted_steps = 0
-        if not self._resumable:
-            # The image pipelines start passes only at their beginning: replay the interrupted epoch whole.
-            # global_step goes on counting (it is the number of optimizer steps taken).
-            self.restarted_steps = self.pos.step_in_epoch
-            self.pos.step_in_epoch, self.pos.val_step, self.pos.sums, self.pos.n = 0, 0, {}, 0
+        self._val_passes = int(state.get("val_passes", 0))
         bs = self.cfg.batch_size  # global: the samplers skip samples of the permutation all ranks share
+        if not self._resumable:
+            self._train_skip = self.pos.step_in_epoch * bs
         for k, dl in (self._loaders() if self._resumable else {}).items():
             dl.generator.set_state(state["loader_generators"][k])
             # Replay the interrupted pass from where it stopped (a finished epoch resumes at a new pass).
@@ -383,10 +385,16 @@ class SearchRun:
             return None
         for _ in range(2):  # at most one new pass
             if self._val_iter is None:
+                # A resumed run first goes on with the pass it was in (when it had begun one).
+                continuing = self._val_resumed and self._val_passes > 0
                 sampler = getattr(self.val_loader, "sampler", None)
-                if hasattr(sampler, "set_epoch"):  # torchvision image path: a new order per pass
-                    sampler.set_epoch(self._val_passes)
-                self._val_passes += 1
+                if isinstance(sampler, ShardedSampler):  # image path: the pass's order from its index
+                    if continuing:
+                        sampler.set_epoch(self._val_passes - 1, skip=self.pos.val_step * self.cfg.batch_size)
+                    else:
+                        sampler.set_epoch(self._val_passes)
+                if not continuing:
+                    self._val_passes += 1
                 self._val_iter = iter(self.val_loader)
                 self.pos.val_step = 0 if not self._val_resumed else self.pos.val_step
                 self._val_resumed = False
@@ -464,8 +472,6 @@ class SearchRun:
             record = {"type": "resume", "step": self.pos.global_step, "epoch": self.pos.epoch,
                       "threads": torch.get_num_threads(), "world_size": ctx.world_size,
                       "reshard": self.stored_world_size != ctx.world_size}
-            if self.restarted_steps:
-                record["restarted_steps"] = self.restarted_steps
             self.log.write(record)
         else:
             if ctx.is_main:
@@ -495,8 +501,9 @@ class SearchRun:
                            desc=f"epoch {self.pos.epoch + 1}/{cfg.epochs}",
                            disable=not (ctx.is_main and _progress_enabled(cfg)))
                 sampler = getattr(self.train_loader, "sampler", None)
-                if hasattr(sampler, "set_epoch"):  # torchvision image path: a new order per epoch
-                    sampler.set_epoch(self.pos.epoch)
+                if isinstance(sampler, ShardedSampler):  # image path: the epoch's order from its index
+                    sampler.set_epoch(self.pos.epoch, skip=self._train_skip)
+                    self._train_skip = 0
                 batches = iter(self.train_loader)
                 while self.pos.step_in_epoch < steps_per_epoch:
                     batch = next(batches, None)
