@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hnas_fast.data.bad_files import BAD_FILES_NAME, read_bad_files, write_bad_files
 from hnas_fast.data.loaders import DATASETS, make_final_loaders, sampler_of
 from hnas_fast.files import atomic_torch_save, atomic_write_json
 from hnas_fast.genotypes.cell import (
@@ -279,6 +281,21 @@ class TrainRun:
         self.log.truncate(st["log_lines"])
         restore_rng(st["rng"])
 
+    def _bad_files(self) -> int | None:
+        """Record the image files the loaders failed to load since the last call in ``bad_files.txt``
+        (each once, warning about the new ones); the total, or ``None`` for data without files."""
+        loaders = [dl for dl in (self.train_loader, self.test_loader) if hasattr(dl, "bad")]
+        if not loaders:
+            return None
+        new = {rel: reason for dl in loaders for rel, reason in dl.bad.take() if rel not in self._bad}
+        if new:
+            self._bad.update(new)
+            shown = "; ".join(f"{p} ({r})" for p, r in list(new.items())[:5])
+            warnings.warn(f"{len(new)} unreadable image(s) skipped: {shown}" + (" …" if len(new) > 5 else "")
+                          + f" (all in {self.run_dir / BAD_FILES_NAME})", stacklevel=2)
+            write_bad_files(self.run_dir / BAD_FILES_NAME, self._bad.items())
+        return len(self._bad)
+
     # ---------------------------------------------------------------------------------------- loop
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
@@ -308,6 +325,7 @@ class TrainRun:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log = JsonlLog(self.run_dir / "log.jsonl")
+        self._bad: dict[str, str] = dict(read_bad_files(self.run_dir / BAD_FILES_NAME))
         if self.resume_dir is not None:
             self._restore()
             self.log.write({"type": "resume", "step": self.global_step, "epoch": self.epoch})
@@ -357,6 +375,9 @@ class TrainRun:
                     rec["test_loss"], rec["test_acc"] = self.evaluate()
                     self._last_eval = (self.global_step, rec["test_loss"], rec["test_acc"])
                     self.best_acc = max(self.best_acc, rec["test_acc"])
+                bad = self._bad_files()
+                if bad is not None:
+                    rec["bad_files"] = bad
                 self.log.write(rec)
                 if not cfg["quiet"]:
                     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -379,7 +400,9 @@ class TrainRun:
             _, test_loss, test_acc = self._last_eval
         else:
             test_loss, test_acc = self.evaluate()
+        bad = self._bad_files()
         result = {"finished": True, "epochs": self.epoch, "steps": self.global_step,
+                  **({"bad_files": bad} if bad is not None else {}),
                   "test_acc": test_acc, "test_loss": test_loss,
                   "best_test_acc": max(self.best_acc, test_acc),
                   "params": self.params, "architecture": self.arch.to_json(), "data": cfg["data"]}

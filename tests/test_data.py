@@ -1,6 +1,7 @@
 """Data: the embedded digits set, CIFAR pickle folders, ImageFolder trees, resumable deterministic loaders."""
 from __future__ import annotations
 
+import os
 import pickle
 
 import numpy as np
@@ -195,3 +196,17 @@ def test_image_folder_single_root_and_errors(tmp_path):
         make_search_loaders("folder", tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="nope"):
         make_search_loaders("folder", tmp_path / "nope")
+
+
+def test_image_folder_loaders_skip_unreadable_files(tmp_path):
+    """A zero-byte and a non-image ``.jpg`` in a folder: never fatal; training batches drop them (an all-bad
+    one would be refilled), evaluation leaves them out, each recorded once per loader."""
+    _fake_folder(tmp_path)
+    (tmp_path / "train" / "cat" / "zero.jpg").write_bytes(b"")
+    (tmp_path / "val" / "dog" / "page.jpg").write_bytes(b"<html>oops</html>")
+    tr, te, *_ = make_final_loaders("folder", tmp_path, batch_size=4, image_size=16)
+    for _ in range(2):
+        assert sum(len(y) for _, y in tr) == 18 and sum(len(y) for _, y in te) == 6
+    assert [rel for rel, _ in tr.bad.entries()] == [os.path.join("cat", "zero.jpg")]
+    assert [rel for rel, _ in te.bad.entries()] == [os.path.join("dog", "page.jpg")]
+    assert len(tr) == 5  # 19 files listed, batches of 4: the count the resume arithmetic relies on

@@ -205,8 +205,9 @@ def test_bad_files_never_stop_a_pass_on_either_pipeline(faulty, backend, validat
 
 @pytest.mark.parametrize("backend", _backends())
 def test_a_batch_of_only_bad_files_is_filled(tmp_path, backend):
-    """Unshuffled evaluation order, batches of 2: the first batch holds only the two bad files; it is
-    replaced by a repeat of the next batch, and the loader still yields its 3 planned batches."""
+    """Unshuffled order, batches of 2: the first batch holds only the two bad files. In training it is
+    replaced by a repeat of the next batch (the loader still yields its 3 planned batches); in evaluation
+    it is left out (a repeat would count images twice)."""
     root = tmp_path / "c0"
     root.mkdir()
     (root / "a.jpg").write_bytes(b"")
@@ -216,20 +217,21 @@ def test_a_batch_of_only_bad_files_is_filled(tmp_path, backend):
         img[:] = _colour(i, 0)
         Image.fromarray(img).save(root / f"img{i}.jpg", quality=95)
     images = scan_image_folder(tmp_path, validate="none")
-    if backend == "dali":
-        ld = make_dali_loader(images, 2, OPTIONS, train=False, num_threads=1, device="cpu")
-    else:
-        ld = make_torchvision_loader(images, 2, OPTIONS, train=False, num_workers=0)
+
+    def make(train, known_bad=()):
+        if backend == "dali":
+            return make_dali_loader(images, 2, OPTIONS, train=train, shuffle=False, num_threads=1,
+                                    device="cpu", known_bad=known_bad)
+        return make_torchvision_loader(images, 2, OPTIONS, train=train, shuffle=False, num_workers=0,
+                                       known_bad=known_bad)
+
+    ld = make(train=True)
     ids = [_ids(x, y) for x, y in ld]
     assert ids == [[0, 1], [0, 1], [2, 3]]
     assert sorted(rel for rel, _ in ld.bad.entries()) == ["c0/a.jpg", "c0/b.jpg"]
+    assert [_ids(x, y) for x, y in make(train=False)] == [[0, 1], [2, 3]]
     # Known bad files (a resumed run's) are not even opened, and not reported again.
-    if backend == "dali":
-        again = make_dali_loader(images, 2, OPTIONS, train=False, num_threads=1, device="cpu",
-                                 known_bad=["c0/a.jpg", "c0/b.jpg"])
-    else:
-        again = make_torchvision_loader(images, 2, OPTIONS, train=False, num_workers=0,
-                                        known_bad=["c0/a.jpg", "c0/b.jpg"])
+    again = make(train=True, known_bad=["c0/a.jpg", "c0/b.jpg"])
     assert [_ids(x, y) for x, y in again] == ids and len(again.bad) == 0
 
 

@@ -265,3 +265,26 @@ def test_progress_lines_off_a_terminal(tmp_path, capsys):
     err = capsys.readouterr().err
     steps = [line for line in err.splitlines() if " step " in line and "images/s" in line]
     assert len(steps) >= 10 and steps[-1].startswith("epoch 1/1 step 12/12")
+
+
+def test_folder_search_skips_and_names_unreadable_files(tmp_path):
+    """``--data folder`` (ImageFolder, no screening): a zero-byte file is skipped while loading, counted in
+    the epoch record and named in bad_files.txt."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        d = tmp_path / "data" / cls
+        d.mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(d / f"{i}.jpg")
+    (tmp_path / "data" / "a" / "zero.jpg").write_bytes(b"")
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="skipped while loading"):
+        assert main(["--data", "folder", "--data-dir", str(tmp_path / "data"), "--space", "s5",
+                     "--cells", "3", "--channels", "4", "--image-size", "8", "--batch-size", "3",
+                     "--epochs", "1", "--quiet", "--no-plots", "--out", str(out)]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log[0]["bad_files"] == 0 and next(r for r in log if r["type"] == "epoch")["bad_files"] == 1
+    assert (out / "bad_files.txt").read_text().split("\t")[0] == "a/zero.jpg"

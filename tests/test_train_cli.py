@@ -129,3 +129,31 @@ def test_hsdas_macro_without_its_cells_is_an_error(searched, tmp_path, capsys):
     lone.write_text((searched / "hsdas" / "macro_genotype.json").read_text())
     assert main(["--genotype", str(lone), *SMALL, "--out", str(tmp_path / "t")]) == 2
     assert "cell_genotypes.json" in capsys.readouterr().err and not (tmp_path / "t").exists()
+
+
+def test_final_training_on_a_folder_with_corrupt_images(tmp_path, capsys):
+    """Final training on an image folder with a truncated training and a garbage test file completes,
+    counts them in log.jsonl and result.json, and names them in bad_files.txt."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("val", 2)):
+        for cls in ("a", "b"):
+            d = tmp_path / "data" / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(d / f"{i}.jpg")
+    whole = (tmp_path / "data" / "train" / "a" / "0.jpg").read_bytes()
+    (tmp_path / "data" / "train" / "a" / "cut.jpg").write_bytes(whole[: len(whole) // 3])
+    (tmp_path / "data" / "val" / "b" / "junk.jpg").write_bytes(b"junk")
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="unreadable image"):
+        assert main(["--genotype", "DARTS_V2", "--data", "folder", "--data-dir", str(tmp_path / "data"),
+                     *SMALL, "--batch-size", "3", "--cutout", "0", "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["finished"] and result["bad_files"] == 2
+    epoch = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()][-1]
+    assert epoch["type"] == "epoch" and epoch["bad_files"] == 2
+    names = sorted(line.split("\t")[0] for line in (out / "bad_files.txt").read_text().splitlines())
+    assert names == ["a/cut.jpg", "b/junk.jpg"]

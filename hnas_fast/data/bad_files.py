@@ -20,12 +20,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import torch
+from torch.utils.data import DataLoader, default_collate
 
 from hnas_fast.files import atomic_write_text
 
-__all__ = ["BAD_FILES_NAME", "BadFileLog", "fill_empty_batches", "read_bad_files", "write_bad_files"]
+__all__ = ["BAD_FILES_NAME", "BadFileLog", "SkippingDataLoader", "Unreadable", "fill_empty_batches",
+           "read_bad_files", "skip_failed_collate", "write_bad_files"]
 
 BAD_FILES_NAME = "bad_files.txt"
 
@@ -61,6 +66,53 @@ class BadFileLog:
         new = list(self._reasons.items())[self._taken :]
         self._taken = len(self._reasons)
         return new
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """What a dataset returns for a sample whose file failed to load: its path relative to the root and
+    why (instead of raising, which would end the epoch)."""
+
+    rel: str
+    reason: str
+
+
+def skip_failed_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+    """``default_collate`` of the samples that loaded, and the ``(path, reason)`` of those that did not
+    (the batch comes out shorter, or empty; never fails)."""
+    bad = [(b.rel, b.reason) for b in batch if isinstance(b, Unreadable)]
+    good = [b for b in batch if not isinstance(b, Unreadable)]
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), bad
+    images, labels = default_collate(good)
+    return images, labels, bad
+
+
+class SkippingDataLoader(DataLoader):
+    """A ``DataLoader`` over a dataset that returns :class:`Unreadable` for files it cannot load: yields
+    ``(images, labels)`` without them, records them in :attr:`bad`, and never an empty batch: for
+    training (``fill_empty=True``) it is replaced as :func:`fill_empty_batches` says; for evaluation
+    (``False``) it is left out, since a repeated batch would count its images twice. Everything else
+    (sampler, generator, ``len()``) is the ``DataLoader``'s. Files in ``known_bad`` are not reported."""
+
+    def __init__(self, *args: Any, known_bad: Iterable[str] = (), fill_empty: bool = True,
+                 **kwargs: Any) -> None:
+        kwargs["collate_fn"] = skip_failed_collate
+        super().__init__(*args, **kwargs)
+        self.bad = BadFileLog(known_bad)
+        self.fill_empty = fill_empty
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # type: ignore[override]
+        if self.fill_empty:
+            return fill_empty_batches(self._batches())
+        return (b for b in self._batches() if len(b[1]))
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels, bad in super().__iter__():
+            for rel, reason in bad:
+                if rel not in self.bad.known:
+                    self.bad.add(rel, reason)
+            yield images, labels
 
 
 def fill_empty_batches(batches: Iterable[B]) -> Iterator[B]:

@@ -157,7 +157,9 @@ class DaliLoader:
         return math.ceil(len(self.sampler) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return fill_empty_batches(self._batches())
+        if self.train:
+            return fill_empty_batches(self._batches())
+        return (b for b in self._batches() if len(b[1]))  # evaluation: a repeat would count twice
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = list(self.sampler)

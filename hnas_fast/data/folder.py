@@ -2,7 +2,9 @@
 
 ``data_dir`` is either one ImageFolder root (search only), or holds ``train/`` and ``val/`` (or ``test/``)
 ImageFolder roots; final training evaluates on ``val/`` (or ``test/``). Images are resized to a square
-``image_size`` and normalized with ImageNet statistics.
+``image_size`` and normalized with ImageNet statistics. A file that fails to load is not fatal: the
+dataset returns an :class:`~hnas_fast.data.bad_files.Unreadable` for it, which the loaders of
+:mod:`hnas_fast.data.loaders` drop and record (see :mod:`hnas_fast.data.bad_files`).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 import torchvision.transforms as T
 from torchvision.datasets import ImageFolder
 
+from hnas_fast.data.bad_files import Unreadable
 from hnas_fast.data.cifar import Cutout
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -41,9 +44,19 @@ def _split_root(data_dir: Path, train: bool) -> Path:
                             f"lay it out as {data_dir}/train/<class>/... and {data_dir}/val/<class>/...")
 
 
+class TolerantImageFolder(ImageFolder):
+    """``ImageFolder`` whose unreadable files come out as :class:`Unreadable` samples instead of raising."""
+
+    def __getitem__(self, index: int) -> tuple | Unreadable:
+        try:
+            return super().__getitem__(index)
+        except Exception as e:  # PIL raises many types; one bad file must not end an epoch
+            return Unreadable(os.path.relpath(self.samples[index][0], self.root), f"{type(e).__name__}: {e}")
+
+
 def load_image_folder(
     data_dir: str | os.PathLike, train: bool = True, transform: T.Compose | None = None
-) -> ImageFolder:
+) -> TolerantImageFolder:
     """Open the training (or evaluation) ImageFolder under ``data_dir``; clear errors when absent or empty."""
     data_dir = Path(data_dir).expanduser()
     if not data_dir.is_dir():
@@ -52,6 +65,6 @@ def load_image_folder(
     if not any(p.is_dir() for p in root.iterdir()):
         raise ValueError(f"image folder {root} is empty: expected one sub-folder of images per class")
     try:
-        return ImageFolder(str(root), transform=transform)
+        return TolerantImageFolder(str(root), transform=transform)
     except FileNotFoundError as e:  # torchvision's message lacks the root when no class has a valid image
         raise ValueError(f"image folder {root} holds no readable images: {e}") from e

@@ -33,16 +33,16 @@ from typing import Literal
 import torch
 import torchvision.transforms as T
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import Dataset, Sampler
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from hnas_fast.data.bad_files import BadFileLog, fill_empty_batches
+from hnas_fast.data.bad_files import SkippingDataLoader, Unreadable
 from hnas_fast.data.folder import IMAGENET_MEAN, IMAGENET_STD
 
 Validate = Literal["none", "header", "decode"]
 
 __all__ = ["ImageList", "ImageListDataset", "ImageOptions", "ShardedSampler", "TorchvisionLoader",
-           "Unreadable", "make_torchvision_loader", "resolve_split_root", "scan_image_folder",
+           "make_torchvision_loader", "resolve_split_root", "scan_image_folder",
            "split_image_list", "torchvision_transform", "warn_bad_images"]
 
 
@@ -247,14 +247,6 @@ def torchvision_transform(options: ImageOptions, train: bool) -> T.Compose:
     return T.Compose([*ops, T.ToTensor(), T.Normalize(options.mean, options.std)])
 
 
-@dataclass(frozen=True)
-class Unreadable:
-    """A sample whose file failed to load: its path relative to the root and why."""
-
-    rel: str
-    reason: str
-
-
 class ImageListDataset(Dataset):
     """Map-style dataset over an :class:`ImageList`; a file failing at load time yields an
     :class:`Unreadable` (set aside by :func:`skip_failed_collate`) instead of raising. Files in ``known_bad``
@@ -279,17 +271,6 @@ class ImageListDataset(Dataset):
         except Exception as e:  # PIL raises many types; a bad file must never end the epoch
             return Unreadable(rel, f"{type(e).__name__}: {e}")
         return (self.transform(img) if self.transform else img), label
-
-
-def skip_failed_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
-    """``default_collate`` of the samples that loaded, and the ``(path, reason)`` of those that did not
-    (the batch comes out shorter, or empty; never fails)."""
-    bad = [(b.rel, b.reason) for b in batch if isinstance(b, Unreadable)]
-    good = [b for b in batch if not isinstance(b, Unreadable)]
-    if not good:
-        return torch.empty(0), torch.empty(0, dtype=torch.long), bad
-    images, labels = default_collate(good)
-    return images, labels, bad
 
 
 class ShardedSampler(Sampler[int]):
@@ -337,28 +318,22 @@ class TorchvisionLoader:
                  world_size: int = 1, shuffle: bool | None = None, seed: int = 0, num_workers: int = 2,
                  known_bad: Iterable[str] = ()) -> None:
         self.images = images
-        self.bad = BadFileLog(known_bad)
-        self.dataset = ImageListDataset(images, torchvision_transform(options, train),
-                                       frozenset(self.bad.known))
+        known = frozenset(known_bad)
+        self.dataset = ImageListDataset(images, torchvision_transform(options, train), known)
         shuffle = train if shuffle is None else shuffle
         self.sampler = ShardedSampler(len(images), rank, world_size, shuffle, seed)
-        self.loader = DataLoader(self.dataset, batch_size=batch_size, sampler=self.sampler,
-                                 num_workers=num_workers, collate_fn=skip_failed_collate,
-                                 pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
-                                 multiprocessing_context="fork" if num_workers > 0 else None)
+        self.loader = SkippingDataLoader(self.dataset, batch_size=batch_size, sampler=self.sampler,
+                                         num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                                         persistent_workers=num_workers > 0,
+                                         multiprocessing_context="fork" if num_workers > 0 else None,
+                                         known_bad=known, fill_empty=train)
+        self.bad = self.loader.bad
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return fill_empty_batches(self._batches())
-
-    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels, bad in self.loader:
-            for rel, reason in bad:
-                if rel not in self.bad.known:
-                    self.bad.add(rel, reason)
-            yield images, labels
+        return iter(self.loader)
 
 
 def make_torchvision_loader(images: ImageList, batch_size: int, options: ImageOptions, train: bool,

@@ -27,7 +27,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hnas_fast.data import digits, folder
+from hnas_fast.data.bad_files import SkippingDataLoader
 from hnas_fast.data.cifar import cifar_transforms, load_cifar
+from hnas_fast.data.folder import TolerantImageFolder
 
 # ``imagenet`` is an ImageNet-style folder searched through hnas_fast.data.dali (DALI or torchvision, with a
 # corrupt-file scan); for final training it opens like ``folder``.
@@ -89,9 +91,14 @@ def _loader(ds: Dataset, indices: Sequence[int], batch_size: int, seed: int, shu
     sampler = ResumableSampler(indices, seed, shuffle, rank, world_size)
     # The loader's own generator seeds the workers; without it DataLoader draws from the global RNG.
     gen = torch.Generator().manual_seed(seed + 7919)
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, generator=gen,
-                      pin_memory=torch.cuda.is_available(), drop_last=False,
-                      persistent_workers=False)
+    kwargs: dict[str, Any] = dict(batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                  generator=gen, pin_memory=torch.cuda.is_available(), drop_last=False,
+                                  persistent_workers=False)
+    if isinstance(ds, TolerantImageFolder):
+        # Image files can fail to load: the loader drops and records them. Only evaluation passes are
+        # unshuffled; they leave an all-bad batch out instead of repeating another.
+        return SkippingDataLoader(ds, fill_empty=shuffle, **kwargs)
+    return DataLoader(ds, **kwargs)
 
 
 def _require_dir(data: str, data_dir: str | os.PathLike | None) -> str:

@@ -236,6 +236,8 @@ class SearchRun:
         self.space = self.stage.space(cfg)
         # Unreadable images: the screening's, then those met while loading (gathered from every rank).
         self.bad_files: dict[str, str] = {}
+        if self.resume_dir is not None:  # each file stays named once across the resume
+            self.bad_files.update(read_bad_files(self.resume_dir / BAD_FILES_NAME))
         self.image_backend: str | None = None
         if cfg.data == "imagenet":
             num_classes, in_ch = self._image_loaders(cfg)
@@ -249,6 +251,8 @@ class SearchRun:
         self._resumable = all(isinstance(getattr(dl, "sampler", None), ResumableSampler)
                               for dl in self._loaders().values())
         self._train_skip = 0  # image path: samples of the first pass's permutation used before a resume
+        # Loaders over image files record the ones that fail to load (the same kinds on every rank).
+        self._tracks_bad_files = all(hasattr(dl, "bad") for dl in self._loaders().values())
         self.run_dir = self.resume_dir if self.resume_dir is not None else choose_run_dir(cfg, self.ctx)
         seed_everything(cfg.seed)
         self.model = self.stage.build(cfg, self.space, num_classes, in_ch).to(self.device)
@@ -278,7 +282,6 @@ class SearchRun:
         # The folder index lives next to the run directories (shared by the ranks, reused by reruns).
         if self.resume_dir is not None:
             runs_root = self.resume_dir.parent
-            self.bad_files.update(read_bad_files(self.resume_dir / BAD_FILES_NAME))
         else:
             runs_root = Path(cfg.out).expanduser().parent if cfg.out else Path(cfg.runs_dir).expanduser()
         loaders = make_image_search_loaders(
@@ -299,7 +302,7 @@ class SearchRun:
     def _sync_bad_files(self) -> None:
         """Gather the unreadable files every rank's loaders met since the last call (a collective: every
         rank calls it at the same point); rank 0 warns about the new ones and rewrites ``bad_files.txt``."""
-        if self.cfg.data != "imagenet":
+        if not self._tracks_bad_files:
             return
         mine = [e for dl in self._loaders().values() for e in dl.bad.take()]
         new = {}
@@ -483,7 +486,9 @@ class SearchRun:
                       "train_size": _part_size(self.train_loader),
                       "val_size": _part_size(self.val_loader) if self.val_loader is not None else 0}
             if cfg.data == "imagenet":
-                record.update(image_backend=self.image_backend, bad_files=len(self.bad_files))
+                record.update(image_backend=self.image_backend)
+            if self._tracks_bad_files:
+                record.update(bad_files=len(self.bad_files))
             self.log.write(record)
             self.alphas_log.write({"epoch": 0, "step": 0, "alphas": _softmaxed_alphas(self.model)})
             self._checkpoint()
@@ -545,7 +550,7 @@ class SearchRun:
                 means = {k: round(v / max(self.pos.n, 1), 6) for k, v in self.pos.sums.items()}
                 self.log.write({"type": "epoch", "epoch": self.pos.epoch, "step": self.pos.global_step,
                                 **means, "time": round(time.perf_counter() - t_epoch, 3),
-                                **({"bad_files": len(self.bad_files)} if cfg.data == "imagenet" else {}),
+                                **({"bad_files": len(self.bad_files)} if self._tracks_bad_files else {}),
                                 "elapsed": round(self.pos.elapsed, 3), "genotype": described})
                 self.alphas_log.write({"epoch": self.pos.epoch + 1, "step": self.pos.global_step,
                                        "alphas": _softmaxed_alphas(self.model)})
