@@ -266,6 +266,27 @@ def test_dali_failure_inside_a_decodable_header_is_found_by_the_probe(tmp_path):
     assert [_ids(x, y) for x, y in ld] == [[0, 2]] and ld.rebuilds == 2  # not retried in the next pass
 
 
+@needs_dali
+def test_dali_batch_failure_no_file_explains_is_raised_after_one_retry(folder, monkeypatch):
+    """When the batch fails but every file decodes alone, the loader retries once on a fresh pipeline,
+    then raises naming the batch's files (it never loops, never drops good files)."""
+    images = _scan(folder)
+    ld = make_dali_loader(images, 4, OPTIONS, train=False, num_threads=1, device="cpu")
+    real = ld._run
+    calls = []
+
+    def flaky(pipe, data):
+        calls.append(len(data))
+        if len(data) > 1:
+            raise RuntimeError("Critical error in pipeline:\nsomething unrelated to any file")
+        return real(pipe, data)
+
+    monkeypatch.setattr(ld, "_run", flaky)
+    with pytest.raises(RuntimeError, match=r"failed twice .*img 0\.jpg"):
+        next(iter(ld))
+    assert calls == [4, 1, 1, 1, 1, 4, 1, 1, 1, 1] and len(ld.bad) == 0
+
+
 def test_bad_files_txt_round_trip(tmp_path):
     path = write_bad_files(tmp_path / "bad_files.txt", [("a b/c.jpg", "OSError: x"), ("d.jpg", "empty file")])
     assert read_bad_files(path) == [("a b/c.jpg", "OSError: x"), ("d.jpg", "empty file")]

@@ -204,19 +204,21 @@ class DaliLoader:
             else:
                 keep.append(i)
                 data.append(r)
-        for attempt in range(2):
-            if not keep:
-                break
+        retried = False
+        # Each failed round removes a file or spends the one retry, so this ends.
+        while keep:
             try:
                 images = self._run(self._pipe, data)
                 break
             except RuntimeError as e:  # the pipeline is invalid now
                 self._pipe = self._build(self.batch_size)
-                failed = [j for j, d in enumerate(data) if self._fails_alone(samples[keep[j]][0], d)]
-                if not failed and attempt == 1:
-                    names = ", ".join(samples[i][0] for i in keep)
-                    raise RuntimeError(f"DALI failed twice on a batch in which every file decodes alone "
-                                       f"({names}): {e}") from e
+                failed = {j for j, d in enumerate(data) if self._fails_alone(samples[keep[j]][0], d)}
+                if not failed:
+                    if retried:
+                        names = ", ".join(samples[i][0] for i in keep)
+                        raise RuntimeError(f"DALI failed twice on a batch in which every file decodes alone "
+                                           f"({names}): {e}") from e
+                    retried = True
                 keep = [i for j, i in enumerate(keep) if j not in failed]
                 data = [d for j, d in enumerate(data) if j not in failed]
         if not keep:
