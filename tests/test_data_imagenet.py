@@ -350,3 +350,10 @@ def test_screening_on_processes_matches_one_process(tmp_path):
         one = scan_image_folder(tmp_path, "header", workers=1)
         two = scan_image_folder(tmp_path, "header", workers=2)
     assert one.samples == two.samples and one.bad == two.bad and len(one.bad) == 8
+
+
+def test_relative_paths_match_relpath(tmp_path):
+    from hnas_fast.data.imagenet import relative_paths
+
+    paths = [str(tmp_path / "a" / "b.jpg"), str(tmp_path / "c d.jpg"), "/elsewhere/x.jpg"]
+    assert relative_paths(paths, tmp_path) == [os.path.relpath(p, tmp_path) for p in paths]

@@ -42,7 +42,7 @@ from hnas_fast.data.folder import IMAGENET_MEAN, IMAGENET_STD
 Validate = Literal["none", "header", "decode"]
 
 __all__ = ["ImageList", "ImageListDataset", "ImageOptions", "ShardedSampler", "TorchvisionLoader",
-           "make_torchvision_loader", "resolve_split_root", "scan_image_folder",
+           "make_torchvision_loader", "relative_paths", "resolve_split_root", "scan_image_folder",
            "split_image_list", "torchvision_transform", "warn_bad_images"]
 
 
@@ -153,6 +153,14 @@ def _check(path: str, validate: Validate) -> str | None:
     return None
 
 
+def relative_paths(paths: list[str], root: Path) -> list[str]:
+    """``os.path.relpath(p, root)`` of each path; a prefix cut where the listing joined them onto
+    ``root`` (relpath costs more than the stat() of the file at ImageNet scale)."""
+    prefix = os.path.join(str(root), "")
+    n = len(prefix)
+    return [p[n:] if p.startswith(prefix) else os.path.relpath(p, root) for p in paths]
+
+
 def warn_bad_images(images: ImageList, total: int, stacklevel: int = 2) -> None:
     """Warn once about the files a screening left out of ``images`` (of ``total`` listed)."""
     if images.bad:
@@ -205,8 +213,7 @@ def scan_image_folder(root: str | os.PathLike, validate: Validate = "header", wo
     else:
         reasons = _check_all([p for p, _ in found], validate, workers)
     samples, bad = [], []
-    for (path, label), reason in zip(found, reasons):
-        rel = os.path.relpath(path, root)
+    for (_, label), rel, reason in zip(found, relative_paths([p for p, _ in found], root), reasons):
         if reason is None:
             samples.append((rel, label))
         else:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from hnas_fast.data.imagenet import ImageList, Validate, scan_image_folder, warn_bad_images
+from hnas_fast.data.imagenet import ImageList, Validate, relative_paths, scan_image_folder, warn_bad_images
 from hnas_fast.files import atomic_write_text
 
 __all__ = ["INDEX_FORMAT", "index_key", "indexed_image_list", "load_index", "shared_image_list"]
@@ -41,9 +41,9 @@ def _list(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
 
 def _stat_lines(root: Path, paths: list[str]) -> str:
     lines = []
-    for path in paths:
+    for path, rel in zip(paths, relative_paths(paths, root)):
         st = os.stat(path)
-        lines.append(f"{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\n")
+        lines.append(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n")
     return "".join(lines)
 
 
