@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hnas_fast.data.bad_files import BAD_FILES_NAME, read_bad_files, write_bad_files
+from hnas_fast.data.bad_files import BAD_FILES_NAME, read_bad_files, shown_bad_files, write_bad_files
 from hnas_fast.data.loaders import DATASETS, make_final_loaders, sampler_of
 from hnas_fast.files import atomic_torch_save, atomic_write_json
 from hnas_fast.genotypes.cell import (
@@ -290,9 +290,8 @@ class TrainRun:
         new = {rel: reason for dl in loaders for rel, reason in dl.bad.take() if rel not in self._bad}
         if new:
             self._bad.update(new)
-            shown = "; ".join(f"{p} ({r})" for p, r in list(new.items())[:5])
-            warnings.warn(f"{len(new)} unreadable image(s) skipped: {shown}" + (" …" if len(new) > 5 else "")
-                          + f" (all in {self.run_dir / BAD_FILES_NAME})", stacklevel=2)
+            warnings.warn(f"{len(new)} unreadable image(s) skipped: {shown_bad_files(new.items())} "
+                          f"(all in {self.run_dir / BAD_FILES_NAME})", stacklevel=2)
             write_bad_files(self.run_dir / BAD_FILES_NAME, self._bad.items())
         return len(self._bad)
 

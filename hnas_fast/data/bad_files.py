@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, default_collate
 from hnas_fast.files import atomic_write_text
 
 __all__ = ["BAD_FILES_NAME", "BadFileLog", "SkippingDataLoader", "Unreadable", "fill_empty_batches",
-           "read_bad_files", "skip_failed_collate", "write_bad_files"]
+           "read_bad_files", "shown_bad_files", "skip_failed_collate", "usable_batches", "write_bad_files"]
 
 BAD_FILES_NAME = "bad_files.txt"
 
@@ -103,9 +103,7 @@ class SkippingDataLoader(DataLoader):
         self.fill_empty = fill_empty
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # type: ignore[override]
-        if self.fill_empty:
-            return fill_empty_batches(self._batches())
-        return (b for b in self._batches() if len(b[1]))
+        return usable_batches(self._batches(), self.fill_empty)
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels, bad in super().__iter__():
@@ -113,6 +111,21 @@ class SkippingDataLoader(DataLoader):
                 if rel not in self.bad.known:
                     self.bad.add(rel, reason)
             yield images, labels
+
+
+def shown_bad_files(entries: Iterable[tuple[str, str]], limit: int = 5) -> str:
+    """``"path (reason); ..."`` for the first ``limit`` entries, ``" …"`` when there are more: the text of
+    every unreadable-file warning."""
+    entries = list(entries)
+    return "; ".join(f"{p} ({r})" for p, r in entries[:limit]) + (" …" if len(entries) > limit else "")
+
+
+def usable_batches(batches: Iterable[B], fill: bool) -> Iterator[B]:
+    """Never an empty batch: for training (``fill``) each is replaced as :func:`fill_empty_batches` says;
+    for evaluation it is left out, since a repeated batch would count its images twice."""
+    if fill:
+        return fill_empty_batches(batches)
+    return (b for b in batches if len(b[-1]))
 
 
 def fill_empty_batches(batches: Iterable[B]) -> Iterator[B]:

@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from hnas_fast.data.bad_files import BadFileLog, fill_empty_batches
+from hnas_fast.data.bad_files import BadFileLog, usable_batches
 from hnas_fast.data.imagenet import (
     ImageList,
     ImageOptions,
@@ -157,9 +157,7 @@ class DaliLoader:
         return math.ceil(len(self.sampler) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self.train:
-            return fill_empty_batches(self._batches())
-        return (b for b in self._batches() if len(b[1]))  # evaluation: a repeat would count twice
+        return usable_batches(self._batches(), self.train)
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = list(self.sampler)

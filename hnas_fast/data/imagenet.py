@@ -36,7 +36,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from hnas_fast.data.bad_files import SkippingDataLoader, Unreadable
+from hnas_fast.data.bad_files import SkippingDataLoader, Unreadable, shown_bad_files
 from hnas_fast.data.folder import IMAGENET_MEAN, IMAGENET_STD
 
 Validate = Literal["none", "header", "decode"]
@@ -164,9 +164,8 @@ def relative_paths(paths: list[str], root: Path) -> list[str]:
 def warn_bad_images(images: ImageList, total: int, stacklevel: int = 2) -> None:
     """Warn once about the files a screening left out of ``images`` (of ``total`` listed)."""
     if images.bad:
-        shown = "; ".join(f"{p} ({r})" for p, r in images.bad[:5])
         warnings.warn(f"{len(images.bad)} of {total} images under {images.root} are unreadable and skipped: "
-                      f"{shown}" + (" …" if len(images.bad) > 5 else ""), stacklevel=stacklevel + 1)
+                      f"{shown_bad_files(images.bad)}", stacklevel=stacklevel + 1)
 
 
 def _check_chunk(paths: list[str], validate: Validate) -> list[str | None]:

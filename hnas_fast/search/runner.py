@@ -42,7 +42,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hnas_fast.data.bad_files import BAD_FILES_NAME, read_bad_files, write_bad_files
+from hnas_fast.data.bad_files import BAD_FILES_NAME, read_bad_files, shown_bad_files, write_bad_files
 from hnas_fast.data.dali import dali_available, make_image_search_loaders
 from hnas_fast.data.imagenet import ImageOptions, ShardedSampler
 from hnas_fast.data.loaders import ResumableSampler, make_search_loaders, sampler_of
@@ -317,9 +317,8 @@ class SearchRun:
         if not self.ctx.is_main:
             return
         if new:
-            shown = "; ".join(f"{p} ({r})" for p, r in list(new.items())[:5])
-            warnings.warn(f"{len(new)} more unreadable image(s) skipped while loading: {shown}"
-                          + (" …" if len(new) > 5 else "") + f" (all in {self.run_dir / BAD_FILES_NAME})",
+            warnings.warn(f"{len(new)} more unreadable image(s) skipped while loading: "
+                          f"{shown_bad_files(new.items())} (all in {self.run_dir / BAD_FILES_NAME})",
                           stacklevel=2)
         if new or not (self.run_dir / BAD_FILES_NAME).exists():
             write_bad_files(self.run_dir / BAD_FILES_NAME, self.bad_files.items())
