@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -51,10 +52,13 @@ struct Stencil {
   int64_t orow, ocol;
 };
 
-// out[o, q] = sum_t w[t] * plane[(o s) cols + q s + off[t]] for B consecutive output pixels.
-template <typename acc, int B>
+// out[o, q] = sum_t w[t] * plane[(o s) cols + q s + off[t]] for B consecutive output pixels; with MASK,
+// each output pixel is then multiplied by relu'(mask[o mrow + q mcol]) (the input gradient's ReLU mask,
+// applied as the pixel is stored rather than in a second pass over the output).
+template <typename acc, int B, bool MASK>
 HNAS_VEC_INLINE void forward_block(const acc* __restrict plane, const acc* __restrict w, const Stencil& g, int64_t o,
-                                   int64_t q, acc* __restrict out) {
+                                   int64_t q, acc* __restrict out, const acc* __restrict mask, int64_t mrow,
+                                   int64_t mcol) {
   constexpr int64_t L = Vec<acc>::L;
   vec<acc> a[B];
   for (int b = 0; b < B; ++b) {
@@ -71,23 +75,27 @@ HNAS_VEC_INLINE void forward_block(const acc* __restrict plane, const acc* __res
   }
   acc* dst = out + o * g.orow + q * g.ocol;
   for (int b = 0; b < B; ++b) {
+    if constexpr (MASK) {
+      a[b] = relu_grad_vec<acc>(a[b], ld(mask + o * mrow + (q + b) * mcol));
+    }
     st(dst + b * g.ocol, a[b]);
   }
 }
 
-template <typename acc>
+template <typename acc, bool MASK = false>
 HNAS_VEC_INLINE void forward_stencil(const acc* __restrict plane, const acc* __restrict w, const Stencil& g,
-                                     acc* __restrict out) {
+                                     acc* __restrict out, const acc* __restrict mask = nullptr, int64_t mrow = 0,
+                                     int64_t mcol = 0) {
   for (int64_t o = 0; o < g.Ho; ++o) {
     int64_t q = 0;
     for (; q + 8 <= g.Wo; q += 8) {
-      forward_block<acc, 8>(plane, w, g, o, q, out);
+      forward_block<acc, 8, MASK>(plane, w, g, o, q, out, mask, mrow, mcol);
     }
     for (; q + 4 <= g.Wo; q += 4) {
-      forward_block<acc, 4>(plane, w, g, o, q, out);
+      forward_block<acc, 4, MASK>(plane, w, g, o, q, out, mask, mrow, mcol);
     }
     for (; q < g.Wo; ++q) {
-      forward_block<acc, 1>(plane, w, g, o, q, out);
+      forward_block<acc, 1, MASK>(plane, w, g, o, q, out, mask, mrow, mcol);
     }
   }
 }
@@ -124,6 +132,7 @@ template <typename acc>
 HNAS_VEC_INLINE void weight_grad_stencil(const acc* __restrict plane, const acc* __restrict grad, int64_t gpitch,
                                          const Stencil& g, acc* __restrict gw_row, double* __restrict gw) {
   constexpr int64_t L = Vec<acc>::L;
+  std::fill(gw, gw + g.taps * L, 0.0);
   for (int64_t o = 0; o < g.Ho; ++o) {
     std::fill(gw_row, gw_row + g.taps * L, acc(0));
     int64_t q = 0;
@@ -340,22 +349,6 @@ HNAS_VEC_INLINE void store_dense(const acc* buf, int64_t h, int64_t w, const Vie
   }
 }
 
-// buf[i, j] *= relu'(x[i, j]) for the h x w pixels of buf, read from the interior of the padded relu(x)
-// plane: relu(x) <= 0 exactly where x <= 0 (a NaN stays NaN and passes), so the mask is the same, and it is
-// applied on the blocked buffer, a vector at a time, before any layout change.
-template <typename acc>
-HNAS_VEC_INLINE void relu_grad_mask(acc* __restrict buf, int64_t h, int64_t w, int64_t row, int64_t col,
-                                    const acc* __restrict plane, const Padded& pd) {
-  constexpr int64_t L = Vec<acc>::L;
-  for (int64_t i = 0; i < h; ++i) {
-    const acc* r = plane + ((pd.top + i) * pd.cols + pd.left) * L;
-    acc* d = buf + i * row;
-    for (int64_t j = 0; j < w; ++j) {
-      st(d + j * col, relu_grad_vec<acc>(ld(d + j * col), ld(r + j * L)));
-    }
-  }
-}
-
 // The weight as [Cb][taps][L] in the accumulation type, zero in the lanes past C, taps in `order` (or in
 // kernel order when it is empty).
 template <typename scalar_t, typename acc>
@@ -457,14 +450,20 @@ HNAS_VEC_INLINE void backward_items(const BackwardJob<scalar_t, acc>& j, int64_t
         row = j.vd.sh;
         col = j.vd.sw;
       }
+      // relu_input: each phase pixel (s o + a, s q + b) is masked by relu'(x) there, read from the
+      // interior of the relu(x) plane (relu(x) <= 0 exactly where x <= 0; a NaN passes) as it is stored.
+      const int64_t mrow = s.stride * g.in.cols * L, mcol = s.stride * L;
       for (const Phase& ph : g.phases) {
         if (ph.Hp > 0 && ph.Wp > 0) {
-          forward_stencil<acc>(gpad.data(), j.wt + (cb * g.taps + ph.first) * L, g.phase_stencil(ph, row, col),
-                               dst + ph.a * row + ph.b * col);
+          const acc* w = j.wt + (cb * g.taps + ph.first) * L;
+          acc* d = dst + ph.a * row + ph.b * col;
+          if (j.relu) {
+            const acc* mask = plane.data() + ((g.in.top + ph.a) * g.in.cols + g.in.left + ph.b) * L;
+            forward_stencil<acc, true>(gpad.data(), w, g.phase_stencil(ph, row, col), d, mask, mrow, mcol);
+          } else {
+            forward_stencil<acc>(gpad.data(), w, g.phase_stencil(ph, row, col), d);
+          }
         }
-      }
-      if (j.relu) {
-        relu_grad_mask<acc>(dst, s.H, s.W, row, col, plane.data(), g.in);
       }
       if (!direct) {
         store_dense<scalar_t, acc>(dx.data(), s.H, s.W, j.vd, n, c0, nc, j.dx);
@@ -534,7 +533,8 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(const at::Tenso
     const std::vector<acc> wt = need_input_grad ? blocked_weight<scalar_t, acc>(weight, g, g.order)
                                                 : std::vector<acc>();
     const int64_t items = s.N * g.Cb, wlen = g.taps * L;
-    std::vector<double> partial(need_weight_grad ? items * wlen : 0, 0.0);
+    // Every item zeroes its own partial (in parallel) before accumulating into it.
+    std::unique_ptr<double[]> partial(need_weight_grad ? new double[items * wlen] : nullptr);
     const BackwardJob<scalar_t, acc> job{&g,
                                          need_input_grad ? wt.data() : nullptr,
                                          x.const_data_ptr<scalar_t>(),
@@ -543,21 +543,30 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(const at::Tenso
                                          view_of(grad_out),
                                          need_input_grad ? gx.mutable_data_ptr<scalar_t>() : nullptr,
                                          need_input_grad ? view_of(gx) : View4{},
-                                         need_weight_grad ? partial.data() : nullptr,
+                                         partial.get(),
                                          relu_input};
     at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) { run_items(job, i0, i1); });
     if (need_weight_grad) {
+      // Sum the items' partials over samples, in sample order (deterministic), one channel block per task.
       scalar_t* wp = gw.mutable_data_ptr<scalar_t>();  // contiguous [C, 1, k, k]
-      for (int64_t c = 0; c < s.C; ++c) {
-        const int64_t cb = c / L, l = c % L;
-        for (int64_t t = 0; t < g.taps; ++t) {
-          double sum = 0.0;
+      const double* part = partial.get();
+      at::parallel_for(0, g.Cb, 1, [&](int64_t b0, int64_t b1) {
+        std::vector<double> sum(wlen);
+        for (int64_t cb = b0; cb < b1; ++cb) {
+          std::fill(sum.begin(), sum.end(), 0.0);
           for (int64_t n = 0; n < s.N; ++n) {
-            sum += partial[(n * g.Cb + cb) * wlen + t * L + l];
+            const double* src = part + (n * g.Cb + cb) * wlen;
+            for (int64_t i = 0; i < wlen; ++i) {
+              sum[i] += src[i];
+            }
           }
-          wp[c * g.taps + t] = static_cast<scalar_t>(sum);
+          for (int64_t l = 0; l < std::min(L, s.C - cb * L); ++l) {
+            for (int64_t t = 0; t < g.taps; ++t) {
+              wp[(cb * L + l) * g.taps + t] = static_cast<scalar_t>(sum[t * L + l]);
+            }
+          }
         }
-      }
+      });
     }
   });
   return {gx, gw};
