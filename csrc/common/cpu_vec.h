@@ -82,6 +82,32 @@ HNAS_VEC_INLINE void st_as(S* p, vec<A> v) {
   }
 }
 
+// The L x L block v[0], ..., v[L-1] transposed in place (v[r][c] <- v[c][r]): the off-diagonal blocks swap at
+// every scale L/2, ..., 1, one two-input shuffle per vector and scale (log2 L of them per vector, against
+// L scalar moves per vector for an element-wise transpose).
+template <typename T>
+HNAS_VEC_INLINE void transpose_block(vec<T>* v) {
+  constexpr int64_t L = Vec<T>::L;
+#pragma GCC unroll 4
+  for (int64_t s = L / 2; s >= 1; s /= 2) {
+    vmask<T> lo, hi;
+#pragma GCC unroll 16
+    for (int64_t j = 0; j < L; ++j) {
+      lo[j] = (j & s) ? L + j - s : j;
+      hi[j] = (j & s) ? L + j : j + s;
+    }
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < L; ++i) {
+      if (i & s) {
+        continue;
+      }
+      const vec<T> a = v[i], b = v[i + s];
+      v[i] = __builtin_shuffle(a, b, lo);
+      v[i + s] = __builtin_shuffle(a, b, hi);
+    }
+  }
+}
+
 // at::parallel_for runs its body through lambdas that target_clones does not reach, so a body written inline
 // would be built for the baseline ISA only (64-byte vectors split into SSE2 halves). parallel_cloned inlines
 // the body (declared HNAS_BODY) into a cloned trampoline instead, so each ISA gets its own copy.

@@ -285,6 +285,37 @@ HNAS_VEC_INLINE void load_padded(const scalar_t* t, const View4& v, int64_t h, i
       return;
     }
   }
+  if constexpr (std::is_same_v<scalar_t, acc>) {
+    if (v.sw == 1 && v.sh == w && nc == L) {
+      // Contiguous channel planes (NCHW): L consecutive pixels of the L channels at a time, one cache line
+      // per channel, transposed in registers into L pixel vectors.
+      const int64_t pixels = h * w;
+      int64_t p0 = 0;
+      vec<acc> blk[L];
+      for (; p0 + L <= pixels; p0 += L) {
+        for (int64_t l = 0; l < L; ++l) {
+          const vec<acc> val = ld(tn + l * v.sc + p0);
+          blk[l] = relu ? relu_vec<acc>(val) : val;
+        }
+        transpose_block<acc>(blk);
+        int64_t i = p0 / w, jj = p0 % w;
+        for (int64_t b = 0; b < L; ++b) {
+          st(interior + (i * pd.cols + jj) * L, blk[b]);
+          if (++jj == w) {
+            jj = 0;
+            ++i;
+          }
+        }
+      }
+      for (int64_t p = p0; p < pixels; ++p) {
+        acc* dst = interior + ((p / w) * pd.cols + p % w) * L;
+        for (int64_t l = 0; l < L; ++l) {
+          dst[l] = relu_if(tn[l * v.sc + p], relu);
+        }
+      }
+      return;
+    }
+  }
   if (v.sc == 1) {  // lanes adjacent in memory: pixel by pixel
     for (int64_t i = 0; i < h; ++i) {
       for (int64_t j = 0; j < w; ++j) {
@@ -321,6 +352,28 @@ HNAS_VEC_INLINE void store_dense(const acc* buf, int64_t h, int64_t w, const Vie
       for (int64_t o = 0; o < h; ++o) {
         for (int64_t q = 0; q < w; ++q) {
           st(tn + o * v.sh + q * v.sw, ld(buf + (o * w + q) * L));
+        }
+      }
+      return;
+    }
+  }
+  if constexpr (std::is_same_v<scalar_t, acc>) {
+    if (v.sw == 1 && v.sh == w && nc == L) {  // contiguous channel planes: as in load_padded, reversed
+      const int64_t pixels = h * w;
+      int64_t p0 = 0;
+      vec<acc> blk[L];
+      for (; p0 + L <= pixels; p0 += L) {
+        for (int64_t b = 0; b < L; ++b) {
+          blk[b] = ld(buf + (p0 + b) * L);
+        }
+        transpose_block<acc>(blk);
+        for (int64_t l = 0; l < L; ++l) {
+          st(tn + l * v.sc + p0, blk[l]);
+        }
+      }
+      for (int64_t p = p0; p < pixels; ++p) {
+        for (int64_t l = 0; l < L; ++l) {
+          tn[l * v.sc + p] = buf[p * L + l];
         }
       }
       return;
