@@ -20,6 +20,7 @@ from hnas_fast.data.imagenet import (
     ImageOptions,
     ShardedSampler,
     make_torchvision_loader,
+    relative_paths,
     scan_image_folder,
     split_image_list,
 )
@@ -353,7 +354,5 @@ def test_screening_on_processes_matches_one_process(tmp_path):
 
 
 def test_relative_paths_match_relpath(tmp_path):
-    from hnas_fast.data.imagenet import relative_paths
-
     paths = [str(tmp_path / "a" / "b.jpg"), str(tmp_path / "c d.jpg"), "/elsewhere/x.jpg"]
     assert relative_paths(paths, tmp_path) == [os.path.relpath(p, tmp_path) for p in paths]

@@ -290,25 +290,27 @@ HNAS_VEC_INLINE void load_padded(const scalar_t* t, const View4& v, int64_t h, i
       // Contiguous channel planes (NCHW): L consecutive pixels of the L channels at a time, one cache line
       // per channel, transposed in registers into L pixel vectors.
       const int64_t pixels = h * w;
-      int64_t p0 = 0;
+      int64_t p = 0, i = 0, jj = 0;  // (i, jj): the image pixel of flat index p
+      const auto next = [&] {
+        ++p;
+        if (++jj == w) {
+          jj = 0;
+          ++i;
+        }
+      };
       vec<acc> blk[L];
-      for (; p0 + L <= pixels; p0 += L) {
+      while (p + L <= pixels) {
         for (int64_t l = 0; l < L; ++l) {
-          const vec<acc> val = ld(tn + l * v.sc + p0);
+          const vec<acc> val = ld(tn + l * v.sc + p);
           blk[l] = relu ? relu_vec<acc>(val) : val;
         }
         transpose_block<acc>(blk);
-        int64_t i = p0 / w, jj = p0 % w;
-        for (int64_t b = 0; b < L; ++b) {
+        for (int64_t b = 0; b < L; ++b, next()) {
           st(interior + (i * pd.cols + jj) * L, blk[b]);
-          if (++jj == w) {
-            jj = 0;
-            ++i;
-          }
         }
       }
-      for (int64_t p = p0; p < pixels; ++p) {
-        acc* dst = interior + ((p / w) * pd.cols + p % w) * L;
+      for (; p < pixels; next()) {
+        acc* dst = interior + (i * pd.cols + jj) * L;
         for (int64_t l = 0; l < L; ++l) {
           dst[l] = relu_if(tn[l * v.sc + p], relu);
         }
