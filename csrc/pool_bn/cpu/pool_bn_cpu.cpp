@@ -7,9 +7,10 @@
 // maximum in row-major window order, as torch's CPU kernel; NaN: see pool_math.h), the average pool
 // spreads dL/dy / count.
 //
-// Layouts: contiguous x is done one (n, c) plane at a time, copied into a padded plane (-inf or 0) so the
-// window loops have no borders and run along the output row; channels_last x one sample at a time with
-// channels innermost, so every window tap is one contiguous channel vector.
+// Layouts: channels_last x is done one sample and block of L channels at a time with channels innermost, so
+// every window tap is one contiguous channel vector; contiguous float32/float64 x is transposed block by
+// block into the same form (pool_blocked). Contiguous float16/bfloat16 x is done one (n, c) plane at a time,
+// copied into a padded plane (-inf or 0) so the window loops have no borders and run along the output row.
 //
 // Determinism: every partial sum belongs to one (n, c) or one n and is reduced over n in order afterwards,
 // so the results do not depend on the number of threads.
@@ -21,8 +22,10 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
+#include "../../common/cpu_blocks.h"
 #include "../../common/cpu_vec.h"
 #include "../../common/macros.h"
 #include "../../common/pool_math.h"
@@ -204,6 +207,35 @@ void pool_channels_last(const T* __restrict x, T* __restrict y, const PoolShape&
         pool_cl_vec<T, A>(xn, yn, s, is_max, c0, psum + n * C, psq + n * C);
       } else {
         pool_cl_block<T, A>(xn, yn, s, is_max, c0, C - c0, psum + n * C, psq + n * C);
+      }
+    }
+  });
+}
+
+// Contiguous NCHW in float32/float64: each (sample, block of L channels) is transposed into a channels-last
+// buffer (cpu_blocks.h), pooled there by pool_cl_vec, and transposed back, so both layouts share the
+// vectorized window loops; pool_planes (one padded plane per (n, c), scalar at stride 2, per-plane setup
+// that dominates small planes) remains for float16/bfloat16, whose statistics must be taken on the values
+// rounded to the storage type.
+template <typename T, typename A>
+void pool_blocked(const T* __restrict x, T* __restrict y, const PoolShape& s, bool is_max, double* __restrict psum,
+                  double* __restrict psq) {
+  constexpr int64_t L = Vec<A>::L;
+  const int64_t C = s.C, blocks = (C + L - 1) / L;
+  PoolShape b = s;
+  b.C = L;
+  const View4 xv{C * s.H * s.W, s.H * s.W, s.W, 1}, yv{C * s.Ho * s.Wo, s.Ho * s.Wo, s.Wo, 1};
+  parallel_cloned(0, s.N * blocks, 1, [&](int64_t begin, int64_t end) HNAS_BODY {
+    std::vector<A> xb(s.H * s.W * L), yb(s.Ho * s.Wo * L);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / blocks, c0 = item % blocks * L, nc = std::min(L, C - c0);
+      load_padded<T, A>(x, xv, s.H, s.W, Padded{s.H, s.W, 0, 0}, n, c0, nc, false, xb.data());
+      double sum[L], sq[L];
+      pool_cl_vec<A, A>(xb.data(), yb.data(), b, is_max, 0, sum, sq);
+      store_dense<T, A>(yb.data(), s.Ho, s.Wo, yv, n, c0, nc, y);
+      for (int64_t l = 0; l < nc; ++l) {
+        psum[n * C + c0 + l] = sum[l];
+        psq[n * C + c0 + l] = sq[l];
       }
     }
   });
@@ -529,6 +561,40 @@ void route_channels_last(const T* __restrict g, const T* __restrict xhat, const 
   });
 }
 
+// The backward of pool_blocked: g, xhat and (max) x of each item transposed into channels-last buffers,
+// routed by route_cl_vec into a zeroed one, transposed back into gx.
+template <typename T, typename A>
+void route_blocked(const T* __restrict g, const T* __restrict xhat, const T* __restrict x, T* __restrict gx,
+                   const PoolShape& s, bool is_max, const A* __restrict ca, const A* __restrict cb,
+                   const A* __restrict cc) {
+  constexpr int64_t L = Vec<A>::L;
+  const int64_t C = s.C, blocks = (C + L - 1) / L, HW = s.H * s.W, HWo = s.Ho * s.Wo;
+  PoolShape b = s;
+  b.C = L;
+  const View4 xv{C * HW, HW, s.W, 1}, gv{C * HWo, HWo, s.Wo, 1};
+  const Padded px{s.H, s.W, 0, 0}, pg{s.Ho, s.Wo, 0, 0};
+  parallel_cloned(0, s.N * blocks, 1, [&](int64_t begin, int64_t end) HNAS_BODY {
+    std::vector<A> xb(is_max ? HW * L : 0), gb(HWo * L), hb(HWo * L), buf(HW * L);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / blocks, c0 = item % blocks * L, nc = std::min(L, C - c0);
+      A a1[L] = {}, a0[L] = {}, a2[L] = {};  // lanes past C stay 0
+      for (int64_t l = 0; l < nc; ++l) {
+        a1[l] = ca[c0 + l];
+        a0[l] = cb[c0 + l];
+        a2[l] = cc[c0 + l];
+      }
+      if (is_max) {
+        load_padded<T, A>(x, xv, s.H, s.W, px, n, c0, nc, false, xb.data());
+      }
+      load_padded<T, A>(g, gv, s.Ho, s.Wo, pg, n, c0, nc, false, gb.data());
+      load_padded<T, A>(xhat, gv, s.Ho, s.Wo, pg, n, c0, nc, false, hb.data());
+      std::fill(buf.begin(), buf.end(), A(0));
+      route_cl_vec<A, A>(gb.data(), hb.data(), xb.data(), buf.data(), b, is_max, 0, 0, a1, a0, a2);
+      store_dense<T, A>(buf.data(), s.H, s.W, xv, n, c0, nc, gx);
+    }
+  });
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> pool_bn_cpu(const at::Tensor& x_in, bool is_max, int64_t kernel_size,
@@ -547,7 +613,8 @@ std::tuple<at::Tensor, at::Tensor> pool_bn_cpu(const at::Tensor& x_in, bool is_m
   at::Tensor psq = at::empty({s.N, s.C}, x.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pool_bn_cpu", [&] {
     using A = at::opmath_type<scalar_t>;
-    (cl ? pool_channels_last<scalar_t, A> : pool_planes<scalar_t, A>)(
+    constexpr bool blocked = std::is_same_v<scalar_t, A>;  // see pool_blocked
+    (cl ? pool_channels_last<scalar_t, A> : blocked ? pool_blocked<scalar_t, A> : pool_planes<scalar_t, A>)(
         x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), s, is_max, psum.mutable_data_ptr<double>(),
         psq.mutable_data_ptr<double>());
   });
@@ -602,7 +669,8 @@ at::Tensor pool_bn_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x_
   at::Tensor gx = at::empty_like(x, x.options().memory_format(fmt));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pool_bn_backward_route", [&] {
     using A = at::opmath_type<scalar_t>;
-    (cl ? route_channels_last<scalar_t, A> : route_planes<scalar_t, A>)(
+    constexpr bool blocked = std::is_same_v<scalar_t, A>;
+    (cl ? route_channels_last<scalar_t, A> : blocked ? route_blocked<scalar_t, A> : route_planes<scalar_t, A>)(
         g.const_data_ptr<scalar_t>(), xhat.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
         gx.mutable_data_ptr<scalar_t>(), s, is_max, ca.const_data_ptr<A>(), cb.const_data_ptr<A>(),
         cc.const_data_ptr<A>());
