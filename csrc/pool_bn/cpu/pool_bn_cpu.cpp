@@ -295,24 +295,40 @@ void grad_sums(const T* __restrict g, const T* __restrict xhat, const PoolShape&
       }
     });
   } else {
+    // L running sums per plane, one per vector lane (a single scalar sum is bound by the add latency), flushed
+    // to double every 16 vectors so long planes keep their precision.
+    using V = vec<A>;
+    constexpr int64_t L = Vec<A>::L;
     parallel_cloned(0, s.N * C, 1, [&](int64_t begin, int64_t end) HNAS_BODY {
       for (int64_t nc = begin; nc < end; ++nc) {
         const T* gi = g + nc * plane;
         const T* xi = xhat + nc * plane;
-        A a = 0, b = 0;
+        V a{}, b{};
         double da = 0, db = 0;
-        for (int64_t i = 0; i < plane; ++i) {
-          const A gv = static_cast<A>(gi[i]);
+        const auto flush = [&]() HNAS_BODY {
+          for (int64_t l = 0; l < L; ++l) {
+            da += a[l];
+            db += b[l];
+          }
+          a = b = V{};
+        };
+        int64_t i = 0;
+        for (int64_t blocks = 1; i + L <= plane; i += L, ++blocks) {
+          const V gv = ld_as<A>(gi + i);
           a += gv;
-          b += gv * static_cast<A>(xi[i]);
-          if ((i & 255) == 255) {  // flush to double so long planes keep their precision
-            da += a;
-            db += b;
-            a = b = 0;
+          b += gv * ld_as<A>(xi + i);
+          if (blocks % 16 == 0) {
+            flush();
           }
         }
-        pg[nc] = da + a;
-        pgx[nc] = db + b;
+        flush();
+        for (; i < plane; ++i) {
+          const A gv = static_cast<A>(gi[i]);
+          da += gv;
+          db += double(gv * static_cast<A>(xi[i]));
+        }
+        pg[nc] = da;
+        pgx[nc] = db;
       }
     });
   }
@@ -595,8 +611,51 @@ void route_blocked(const T* __restrict g, const T* __restrict xhat, const T* __r
   });
 }
 
+
+// The running statistics' update, as F.batch_norm's: r = (1 - momentum) r + momentum v, in double, for each of
+// the C channels (contiguous float32/float64 r in place; other dtypes and strides through ATen).
+void update_running(at::Tensor& r, const std::vector<double>& v, double momentum) {
+  const int64_t C = r.size(0);
+  if (r.is_contiguous() && (r.scalar_type() == at::kFloat || r.scalar_type() == at::kDouble)) {
+    AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "pool_bn_running", [&] {
+      scalar_t* p = r.mutable_data_ptr<scalar_t>();
+      for (int64_t c = 0; c < C; ++c) {
+        p[c] = static_cast<scalar_t>((1 - momentum) * double(p[c]) + momentum * v[c]);
+      }
+    });
+    return;
+  }
+  const at::Tensor vt = at::tensor(at::ArrayRef<double>(v), r.options().dtype(at::kDouble));
+  r.mul_(1 - momentum).add_(vt.to(r.scalar_type()), momentum);
+}
+
+// A [C] tensor of the accumulation type `acc` holding v.
+at::Tensor stats_tensor(const std::vector<double>& v, at::ScalarType acc, const at::TensorOptions& opts) {
+  at::Tensor t = at::empty({int64_t(v.size())}, opts.dtype(acc));
+  AT_DISPATCH_FLOATING_TYPES(acc, "pool_bn_stats", [&] {
+    scalar_t* p = t.mutable_data_ptr<scalar_t>();
+    for (size_t c = 0; c < v.size(); ++c) {
+      p[c] = static_cast<scalar_t>(v[c]);
+    }
+  });
+  return t;
+}
+
+// Column sums of the [N, C] partials over n, in n order (thread-count independent).
+std::vector<double> sum_over_samples(const std::vector<double>& part, int64_t N, int64_t C) {
+  std::vector<double> total(C, 0.0);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t c = 0; c < C; ++c) {
+      total[c] += part[n * C + c];
+    }
+  }
+  return total;
+}
+
 }  // namespace
 
+// The per-channel finishing work (statistics, running update, backward coefficients) is done in plain loops
+// over C rather than a dozen small ATen ops: on 64x64x8x8 those cost about as much as the kernels.
 std::tuple<at::Tensor, at::Tensor> pool_bn_cpu(const at::Tensor& x_in, bool is_max, int64_t kernel_size,
                                                int64_t stride, const std::optional<at::Tensor>& running_mean,
                                                const std::optional<at::Tensor>& running_var, bool training,
@@ -609,26 +668,32 @@ std::tuple<at::Tensor, at::Tensor> pool_bn_cpu(const at::Tensor& x_in, bool is_m
   at::Tensor out = at::empty({s.N, s.C, s.Ho, s.Wo}, x.options().memory_format(fmt));
   const bool batch = pool_bn_batch_stats(training, running_mean);
   const auto acc = stats_type(x.scalar_type());
-  at::Tensor psum = at::empty({s.N, s.C}, x.options().dtype(at::kDouble));
-  at::Tensor psq = at::empty({s.N, s.C}, x.options().dtype(at::kDouble));
+  std::vector<double> psum(s.N * s.C), psq(s.N * s.C);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pool_bn_cpu", [&] {
     using A = at::opmath_type<scalar_t>;
     constexpr bool blocked = std::is_same_v<scalar_t, A>;  // see pool_blocked
     (cl ? pool_channels_last<scalar_t, A> : blocked ? pool_blocked<scalar_t, A> : pool_planes<scalar_t, A>)(
-        x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), s, is_max, psum.mutable_data_ptr<double>(),
-        psq.mutable_data_ptr<double>());
+        x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), s, is_max, psum.data(), psq.data());
   });
   at::Tensor mean, invstd;
   if (batch) {
     const double M = double(s.N * s.Ho * s.Wo);
-    const at::Tensor m = psum.sum(0) / M;  // summed over n in order: thread-count independent
-    const at::Tensor var = (psq.sum(0) / M - m * m).clamp_min(0);
-    mean = m.to(acc);
-    invstd = (var + eps).rsqrt().to(acc);
+    std::vector<double> m = sum_over_samples(psum, s.N, s.C), var = sum_over_samples(psq, s.N, s.C);
+    std::vector<double> inv(s.C);
+    for (int64_t c = 0; c < s.C; ++c) {
+      m[c] /= M;
+      var[c] = std::max(var[c] / M - m[c] * m[c], 0.0);
+      inv[c] = 1 / std::sqrt(var[c] + eps);
+    }
+    mean = stats_tensor(m, acc, x.options());
+    invstd = stats_tensor(inv, acc, x.options());
     if (running_mean.has_value() && running_mean->defined() && training) {
       at::Tensor rm = *running_mean, rv = *running_var;
-      rm.mul_(1 - momentum).add_(m.to(rm.scalar_type()), momentum);
-      rv.mul_(1 - momentum).add_((var * (M / (M - 1))).to(rv.scalar_type()), momentum);
+      update_running(rm, m, momentum);
+      for (int64_t c = 0; c < s.C; ++c) {
+        var[c] *= M / (M - 1);  // the running variance is unbiased
+      }
+      update_running(rv, var, momentum);
     }
   } else {
     mean = running_mean->to(at::kDouble).to(acc);
@@ -649,31 +714,30 @@ at::Tensor pool_bn_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x_
   const auto fmt = output_memory_format(x_in);
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
   const at::Tensor x = x_in.contiguous(fmt), g = grad_out.contiguous(fmt), xhat = out_in.contiguous(fmt);
-  const auto acc = stats_type(x.scalar_type());
-  const at::Tensor invstd = invstd_in.to(at::kDouble);
-  at::Tensor ca = invstd, cb = at::zeros_like(invstd), cc = at::zeros_like(invstd);
+  const at::Tensor inv_t = invstd_in.to(at::kDouble).contiguous();
+  const double* inv = inv_t.const_data_ptr<double>();
+  std::vector<double> ca(inv, inv + s.C), cb(s.C, 0.0), cc(s.C, 0.0);
   if (batch_stats) {
-    at::Tensor pg = at::empty({s.N, s.C}, x.options().dtype(at::kDouble));
-    at::Tensor pgx = at::empty({s.N, s.C}, x.options().dtype(at::kDouble));
+    std::vector<double> pg(s.N * s.C), pgx(s.N * s.C);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pool_bn_backward_sums", [&] {
-      grad_sums<scalar_t>(g.const_data_ptr<scalar_t>(), xhat.const_data_ptr<scalar_t>(), s, cl,
-                          pg.mutable_data_ptr<double>(), pgx.mutable_data_ptr<double>());
+      grad_sums<scalar_t>(g.const_data_ptr<scalar_t>(), xhat.const_data_ptr<scalar_t>(), s, cl, pg.data(),
+                          pgx.data());
     });
     const double M = double(s.N * s.Ho * s.Wo);
-    cb = -invstd * pg.sum(0) / M;
-    cc = -invstd * pgx.sum(0) / M;
+    const std::vector<double> sg = sum_over_samples(pg, s.N, s.C), sgx = sum_over_samples(pgx, s.N, s.C);
+    for (int64_t c = 0; c < s.C; ++c) {
+      cb[c] = -inv[c] * sg[c] / M;
+      cc[c] = -inv[c] * sgx[c] / M;
+    }
   }
-  ca = ca.to(acc);
-  cb = cb.to(acc);
-  cc = cc.to(acc);
   at::Tensor gx = at::empty_like(x, x.options().memory_format(fmt));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pool_bn_backward_route", [&] {
     using A = at::opmath_type<scalar_t>;
+    const std::vector<A> a1(ca.begin(), ca.end()), a0(cb.begin(), cb.end()), a2(cc.begin(), cc.end());
     constexpr bool blocked = std::is_same_v<scalar_t, A>;
     (cl ? route_channels_last<scalar_t, A> : blocked ? route_blocked<scalar_t, A> : route_planes<scalar_t, A>)(
         g.const_data_ptr<scalar_t>(), xhat.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-        gx.mutable_data_ptr<scalar_t>(), s, is_max, ca.const_data_ptr<A>(), cb.const_data_ptr<A>(),
-        cc.const_data_ptr<A>());
+        gx.mutable_data_ptr<scalar_t>(), s, is_max, a1.data(), a0.data(), a2.data());
   });
   return gx;
 }
